@@ -1,0 +1,28 @@
+"""Framework-free core: tangent recurrence, methods, hyperparameters (imports torch only)."""
+
+from lightning_hyperopt.core.engine import TangentEngine, check_optimizer
+from lightning_hyperopt.core.hyperparameters import Hyperparameter, L2Penalty, WeightDecay
+from lightning_hyperopt.core.methods import (
+    METHODS,
+    Clip,
+    Exact,
+    FirstOrder,
+    HyperMethod,
+    Unroll,
+    resolve_method,
+)
+
+__all__ = [
+    "METHODS",
+    "Clip",
+    "Exact",
+    "FirstOrder",
+    "HyperMethod",
+    "Hyperparameter",
+    "L2Penalty",
+    "TangentEngine",
+    "Unroll",
+    "WeightDecay",
+    "check_optimizer",
+    "resolve_method",
+]

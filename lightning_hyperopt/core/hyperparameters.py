@@ -1,0 +1,115 @@
+"""Hyperparameters a model declares: scalars kept in its ``state_dict``, never in ``parameters()``.
+
+Each is an ``nn.Module`` holding a 0-dim buffer ``value`` (so it is saved in checkpoints and moved
+by ``.to(device)``), with bounds and a parameterization for the online update.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+Parameterization = Literal["identity", "log"]
+PARAMETERIZATIONS = ("identity", "log")
+
+
+class Hyperparameter(nn.Module):
+    """A scalar λ that the training loss L_T(θ, λ) depends on differentiably.
+
+    Use ``self.my_hparam.value`` (or call ``self.my_hparam()``) inside the model's
+    ``training_loss``; the tuner differentiates through it to get ∂g_T/∂λ.
+
+    Args:
+        init: starting value λ₀, inside ``bounds``.
+        bounds: (low, high); λ is clamped into them after every update.
+        parameterization: ``"identity"`` steps λ itself; ``"log"`` steps u = log λ
+            (λ = eᵘ, so the step is multiplicative; needs low > 0).
+    """
+
+    def __init__(
+        self,
+        init: float,
+        bounds: tuple[float, float] = (0.0, math.inf),
+        parameterization: Parameterization = "identity",
+    ) -> None:
+        super().__init__()
+        low, high = (float(b) for b in bounds)
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(
+                f"parameterization={parameterization!r} is not supported; "
+                f"accepted values: {PARAMETERIZATIONS}"
+            )
+        if not low < high or math.isnan(low) or math.isnan(high):
+            raise ValueError(f"bounds={bounds!r} must satisfy low < high")
+        if parameterization == "log" and low <= 0:
+            raise ValueError(f"parameterization='log' needs bounds with low > 0, got {bounds!r}")
+        if not low <= float(init) <= high:
+            raise ValueError(f"init={init!r} is outside bounds={bounds!r}")
+        self.bounds = (low, high)
+        self.parameterization = parameterization
+        # float64: hyper steps are often ~1e-7 of λ, below float32's resolution
+        self.register_buffer("value", torch.tensor(float(init), dtype=torch.float64))
+
+    def forward(self) -> Tensor:
+        return self.value
+
+    @property
+    def in_loss(self) -> bool:
+        """Whether λ enters the training loss (else the optimizer applies it)."""
+        return True
+
+    def extra_repr(self) -> str:
+        return (
+            f"value={self.value.item():.4g}, bounds={self.bounds}, "
+            f"parameterization={self.parameterization!r}"
+        )
+
+
+class L2Penalty(Hyperparameter):
+    """L2 penalty (λ/2)·Σ‖θ‖² over the parameters it is called on.
+
+    ``self.l2(self.parameters())`` for one coefficient over everything, or one ``L2Penalty``
+    per layer (``self.l2_first(self.first.parameters())``) for per-layer L2. Its
+    ∂g_T/∂λ = θ on those parameters, and it adds λ·I to the Hessian there.
+    """
+
+    def forward(self, params: Iterable[Tensor]) -> Tensor:  # type: ignore[override]
+        return 0.5 * self.value * sum((p * p).sum() for p in params)
+
+
+class WeightDecay(Hyperparameter):
+    """The ``weight_decay`` of one ``torch.optim.SGD`` param group, tuned online.
+
+    SGD adds wd·θ to the gradient of that group, so ∂g/∂λ = θ on the group and the Hessian
+    gains wd·I there; the loss is unchanged. The tuner writes λ back into
+    ``optimizer.param_groups[group]["weight_decay"]`` after every update.
+
+    Args:
+        group: index of the param group in the optimizer.
+        init: starting value; ``None`` takes the group's ``weight_decay`` at fit start.
+    """
+
+    def __init__(
+        self,
+        group: int = 0,
+        init: float | None = None,
+        bounds: tuple[float, float] = (0.0, math.inf),
+        parameterization: Parameterization = "identity",
+    ) -> None:
+        if group < 0:
+            raise ValueError(f"group={group} must be a param-group index >= 0")
+        low = float(bounds[0])
+        super().__init__(low if init is None else init, bounds, parameterization)
+        self.group = group
+        self.init_from_optimizer = init is None
+
+    @property
+    def in_loss(self) -> bool:
+        return False
+
+    def forward(self) -> Tensor:
+        return self.value

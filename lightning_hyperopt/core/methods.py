@@ -1,0 +1,167 @@
+"""The methods of the paper: when the tangent y = dθ/dλ is reset or projected, and when λ moves.
+
+Every method shares the step of the joint system (η: the optimizer's learning rate at step t)
+
+    y_{t+1} = P( y_t − η (H_t y_t + ∂g_T/∂λ) )       (tangent; SGD momentum adds its own tangent)
+    θ_{t+1} = θ_t − η g_T                            (the ordinary optimizer step)
+    λ ← λ − α_t ⟨g_V(θ_{t+1}), y_{t+1}⟩             (when the method updates, after warm-up)
+
+and differs only in P, in the resets and in the hyper step α_t, which each class below states.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from lightning_hyperopt.core.functional import Tangent, global_norm, project_l2_ball
+
+_NO_CLIP = None
+
+
+def _check_scale(name: str, value: float) -> float:
+    value = float(value)
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name}={value!r} must be a finite number >= 0")
+    return value
+
+
+class HyperMethod:
+    """Base class of the tuning methods (a strategy the callback is given).
+
+    Subclasses set the rule through four small hooks; the engine calls them at step t.
+    """
+
+    #: whether the method carries a tangent (False: first order, y is replaced by −∂g_T/∂λ)
+    uses_tangent: bool = True
+
+    def resets_at(self, step: int) -> bool:
+        """Whether y is reset to 0 before the tangent step of step ``step``."""
+        return False
+
+    def updates_at(self, step: int) -> bool:
+        """Whether λ is updated after optimizer step ``step`` (warm-up aside)."""
+        return True
+
+    def project(self, tangent: Sequence[Tensor]) -> tuple[Tangent, Tensor, Tensor | None]:
+        """P(y): returns the new tangent, ‖y‖ before P, and whether y was clipped (or None)."""
+        return list(tangent), global_norm(tangent), _NO_CLIP
+
+    def hyper_step(self, lr: float) -> float:
+        """The hyper step α_t given the parameter learning rate η_t."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class Clip(HyperMethod):
+    """ClipR: y_{t+1} = P_B(r)(y_t − η(H y_t + ∂g_T/∂λ)), never reset; λ ← λ − c·η·⟨g_V, y⟩
+    at every step.
+
+    P_B(r)(y) = y · r / max(‖y‖, r). Pick r above ‖dθ*/dλ‖ for an unbiased limit; a smaller r
+    turns the projection into a step-size filter (the direction is kept).
+
+    Args:
+        radius: r > 0.
+        hyper_lr_scale: c, the hyper step relative to the parameter learning rate.
+    """
+
+    def __init__(self, radius: float = 5.0, hyper_lr_scale: float = 0.1) -> None:
+        radius = float(radius)
+        if not (radius > 0 and math.isfinite(radius)):
+            raise ValueError(
+                f"radius={radius!r} must be a finite number > 0 (use Exact() for r = ∞)"
+            )
+        self.radius = radius
+        self.hyper_lr_scale = _check_scale("hyper_lr_scale", hyper_lr_scale)
+
+    def project(self, tangent: Sequence[Tensor]) -> tuple[Tangent, Tensor, Tensor | None]:
+        return project_l2_ball(tangent, self.radius)
+
+    def hyper_step(self, lr: float) -> float:
+        return self.hyper_lr_scale * lr
+
+
+class Exact(HyperMethod):
+    """Exact tangent (r = ∞): y_{t+1} = y_t − η(H y_t + ∂g_T/∂λ), never reset nor projected;
+    λ ← λ − c·η·⟨g_V, y⟩ at every step. y is the exact forward-mode derivative dθ_t/dλ.
+
+    Args:
+        hyper_lr_scale: c, the hyper step relative to the parameter learning rate.
+    """
+
+    def __init__(self, hyper_lr_scale: float = 0.1) -> None:
+        self.hyper_lr_scale = _check_scale("hyper_lr_scale", hyper_lr_scale)
+
+    def hyper_step(self, lr: float) -> float:
+        return self.hyper_lr_scale * lr
+
+
+class Unroll(HyperMethod):
+    """UnrollK: y ← 0 at steps t ≡ 0 (mod K), then K unprojected tangent steps with λ fixed;
+    λ ← λ − c·η·⟨g_V(θ_K), y_K⟩ once per window, after steps t ≡ K − 1 (mod K).
+
+    ⟨g_V(θ_K), y_K⟩ is exactly d L_V(θ_K)/dλ through the K steps of the window.
+
+    Args:
+        steps: K ≥ 1.
+        hyper_lr_scale: c, the hyper step relative to the parameter learning rate.
+    """
+
+    def __init__(self, steps: int = 1, hyper_lr_scale: float = 0.1) -> None:
+        if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+            raise ValueError(f"steps={steps!r} must be an integer K >= 1")
+        self.steps = int(steps)
+        self.hyper_lr_scale = _check_scale("hyper_lr_scale", hyper_lr_scale)
+
+    def resets_at(self, step: int) -> bool:
+        return step % self.steps == 0
+
+    def updates_at(self, step: int) -> bool:
+        return step % self.steps == self.steps - 1
+
+    def hyper_step(self, lr: float) -> float:
+        return self.hyper_lr_scale * lr
+
+
+class FirstOrder(HyperMethod):
+    """Unroll1-gTgV (Luketina et al. 2016): no tangent; y is replaced by −∂g_T/∂λ, so
+    λ ← λ + α·⟨g_V(θ_{t+1}), ∂g_T/∂λ(θ_t)⟩ at every step, with a constant α (no η factor).
+
+    Proportional to the true hypergradient only when the Hessian is a multiple of I.
+
+    Args:
+        hyper_lr: α, the constant hyper step.
+    """
+
+    uses_tangent = False
+
+    def __init__(self, hyper_lr: float = 1e-3) -> None:
+        self.hyper_lr = _check_scale("hyper_lr", hyper_lr)
+
+    def hyper_step(self, lr: float) -> float:
+        return self.hyper_lr
+
+
+METHODS: dict[str, type[HyperMethod]] = {
+    "clip": Clip,
+    "exact": Exact,
+    "unroll": Unroll,
+    "first_order": FirstOrder,
+}
+
+
+def resolve_method(method: str | HyperMethod) -> HyperMethod:
+    """A method instance from an instance or a name (built with its defaults)."""
+    if isinstance(method, HyperMethod):
+        return method
+    if isinstance(method, str) and method in METHODS:
+        return METHODS[method]()
+    raise ValueError(
+        f"method={method!r} is not supported; accepted values: {sorted(METHODS)} "
+        "or an instance of Clip, Exact, Unroll or FirstOrder"
+    )
