@@ -1,0 +1,264 @@
+"""``OnlineHyperparamCallback``: the Lightning adapter around :class:`TangentEngine`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.strategies import SingleDeviceStrategy
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import Tensor
+
+from lightning_hyperopt.core.engine import TangentEngine, check_optimizer
+from lightning_hyperopt.core.hyperparameters import Hyperparameter, WeightDecay
+from lightning_hyperopt.core.methods import HyperMethod, resolve_method
+
+MethodName = Literal["clip", "exact", "unroll", "first_order"]
+
+
+def find_hyperparameters(module: torch.nn.Module) -> dict[str, Hyperparameter]:
+    """Every :class:`Hyperparameter` in ``module``'s tree, keyed by its dotted module path."""
+    return {name: m for name, m in module.named_modules() if isinstance(m, Hyperparameter)}
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """Eval behaviour (dropout off, batch-norm running statistics), restoring each flag."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+class OnlineHyperparamCallback(pl.Callback):
+    """Tunes the hyperparameters a LightningModule declares, online, during ``fit``.
+
+    Carries y_j = dθ/dλ_j for every declared :class:`Hyperparameter` λ_j along the SGD
+    trajectory, y ← P(y − η (H y + ∂g_T/∂λ)) with H y by double back-prop in
+    ``on_before_optimizer_step``, and after each optimizer step moves
+    λ_j ← λ_j − α ⟨g_V, y_j⟩ with g_V from a batch of its own validation iterator.
+
+    The LightningModule provides:
+
+    - ``training_loss(batch) -> Tensor``: the regularized L_T(θ, λ) of one batch (its
+      ``training_step`` should return it, so that both agree);
+    - ``validation_loss(batch) -> Tensor``: the unregularized L_V(θ) (computed in eval mode);
+    - hyperparameters as :class:`Hyperparameter` submodules (``L2Penalty``, ``WeightDecay``…);
+    - optionally ``hyperopt_dataloader()`` (on the datamodule or the module): the loader g_V is
+      drawn from, endlessly; by default the validation dataloader. It is independent of
+      Lightning's validation loop.
+
+    Args:
+        method: ``Clip(radius, hyper_lr_scale)``, ``Exact(hyper_lr_scale)``,
+            ``Unroll(steps, hyper_lr_scale)``, ``FirstOrder(hyper_lr)``, or one of their names
+            (``"clip"``, ``"exact"``, ``"unroll"``, ``"first_order"``) for the defaults.
+        warmup_steps: optimizer steps before λ starts moving (the tangent moves from step 0).
+        prog_bar: show each λ on the progress bar.
+    """
+
+    def __init__(
+        self,
+        method: HyperMethod | MethodName = "clip",
+        warmup_steps: int = 0,
+        prog_bar: bool = True,
+    ) -> None:
+        super().__init__()
+        self.method = resolve_method(method)
+        if isinstance(warmup_steps, bool) or int(warmup_steps) != warmup_steps or warmup_steps < 0:
+            raise ValueError(f"warmup_steps={warmup_steps!r} must be an integer >= 0")
+        self.warmup_steps = int(warmup_steps)
+        self.prog_bar = prog_bar
+        self.engine: TangentEngine | None = None
+        self._restored: dict[str, Any] | None = None
+        self._stash: list[tuple[Any, Tensor, Tensor | None]] = []
+        self._stepped = False
+        self._val_loader: Any = None
+        self._val_iter: Iterator[Any] | None = None
+        self._val_pass = 0
+        self._val_index = 0
+        self._val_seed = 0
+
+    # ------------------------------------------------------------------------------- checks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not isinstance(trainer.strategy, SingleDeviceStrategy):
+            raise ValueError(
+                f"OnlineHyperparamCallback supports single-device training only "
+                f"(strategy='auto' on one device); got {type(trainer.strategy).__name__}"
+            )
+        if not pl_module.automatic_optimization:
+            raise ValueError(
+                "OnlineHyperparamCallback needs automatic optimization; manual optimization "
+                "(automatic_optimization = False) is not supported"
+            )
+        for hook in ("training_loss", "validation_loss"):
+            if not callable(getattr(pl_module, hook, None)):
+                raise TypeError(
+                    f"{type(pl_module).__name__} must define `{hook}(batch) -> Tensor` for "
+                    "OnlineHyperparamCallback (training_loss: regularized L_T; validation_loss: "
+                    "unregularized L_V)"
+                )
+        if trainer.gradient_clip_val:
+            rank_zero_warn(
+                "OnlineHyperparamCallback: gradient clipping is applied to θ's step but the "
+                "tangent y = dθ/dλ ignores it (the tangent of the unclipped step is carried)"
+            )
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        hyperparameters = find_hyperparameters(pl_module)
+        if not hyperparameters:
+            raise ValueError(
+                f"{type(pl_module).__name__} declares no hyperparameter: add a Hyperparameter, "
+                "L2Penalty or WeightDecay submodule (from lightning_hyperopt) to tune"
+            )
+        if len(trainer.optimizers) != 1:
+            raise ValueError(
+                "OnlineHyperparamCallback supports exactly one optimizer (torch.optim.SGD), "
+                f"got {len(trainer.optimizers)}"
+            )
+        optimizer = trainer.optimizers[0]
+        check_optimizer(optimizer, hyperparameters.values())
+        if self._restored is None:
+            for h in hyperparameters.values():
+                if isinstance(h, WeightDecay) and h.init_from_optimizer:
+                    wd = float(optimizer.param_groups[h.group]["weight_decay"])
+                    h.value.fill_(min(max(wd, h.bounds[0]), h.bounds[1]))
+        self.engine = TangentEngine(self.method, hyperparameters, optimizer, self.warmup_steps)
+        self._val_loader = self._find_val_loader(trainer, pl_module)
+        self._val_seed = int(torch.initial_seed()) % (2**62)
+        self._val_pass, self._val_index = 0, 0
+        if self._restored is not None:
+            self.engine.load_state_dict(self._restored["engine"])
+            self._val_seed = int(self._restored["val_seed"])
+            self._val_pass = int(self._restored["val_pass"])
+            self._val_index = int(self._restored["val_index"])
+            self._restored = None
+        self._val_iter = None
+        self._stash.clear()
+
+    @staticmethod
+    def _find_val_loader(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        for owner in (trainer.datamodule, pl_module):
+            hook = getattr(owner, "hyperopt_dataloader", None)
+            if callable(hook):
+                return hook()
+        source = getattr(trainer.fit_loop.epoch_loop.val_loop, "_data_source", None)
+        loader = source.dataloader() if source is not None and source.is_defined() else None
+        if isinstance(loader, list | tuple):
+            if len(loader) != 1:
+                raise ValueError(
+                    f"{len(loader)} validation dataloaders: define `hyperopt_dataloader()` on "
+                    "the datamodule or module to say which one g_V is drawn from"
+                )
+            loader = loader[0]
+        if loader is None:
+            raise ValueError(
+                "OnlineHyperparamCallback needs validation data for g_V: define "
+                "`hyperopt_dataloader()` or `val_dataloader()` on the datamodule or module, or "
+                "pass `val_dataloaders` to `trainer.fit`"
+            )
+        return loader
+
+    # -------------------------------------------------------------------------- the step
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # the RNG state lets the replay draw the training step's own dropout masks
+        cuda = torch.cuda.get_rng_state() if pl_module.device.type == "cuda" else None
+        self._stash.append((batch, torch.get_rng_state(), cuda))
+
+    def _replayed_losses(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> Iterator[Tensor]:
+        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+        scale = trainer.accumulate_grad_batches
+        for batch, cpu_state, cuda_state in self._stash:
+            with torch.random.fork_rng(devices=devices):
+                torch.set_rng_state(cpu_state)
+                if cuda_state is not None:
+                    torch.cuda.set_rng_state(cuda_state, pl_module.device)
+                with trainer.precision_plugin.forward_context():
+                    loss = pl_module.training_loss(batch)
+            yield loss / scale
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        assert self.engine is not None
+        with torch.enable_grad():
+            self.engine.advance(lambda: self._replayed_losses(trainer, pl_module))
+        self._stash.clear()
+        self._stepped = True
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if not self._stepped:  # a micro-batch of an accumulation window
+            return
+        self._stepped = False
+        assert self.engine is not None
+        with torch.enable_grad():
+            self.engine.update(lambda: self._validation_loss(trainer, pl_module))
+        metrics = self.engine.metrics()
+        for name, value in metrics.items():
+            prog_bar = self.prog_bar and name in self.engine.names
+            pl_module.log(
+                f"hyperopt/{name}", value, on_step=True, on_epoch=False, prog_bar=prog_bar
+            )
+
+    # ------------------------------------------------------------------- validation batches
+    def _next_val_batch(self) -> Any:
+        """The next batch of the endless validation iterator, reproducible across resumes."""
+        for _ in range(2):
+            try:
+                if self._val_iter is None:
+                    # a seed per pass: shuffling is reproducible after resume and the global RNG
+                    # (dropout masks of the training steps) is left untouched. Samplers draw
+                    # their order lazily, at the first batch, so that batch is drawn here too.
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(self._val_seed + self._val_pass)
+                        self._val_iter = iter(self._val_loader)
+                        for _ in range(self._val_index):
+                            next(self._val_iter)
+                        batch = next(self._val_iter)
+                else:
+                    batch = next(self._val_iter)
+            except StopIteration:
+                self._val_iter, self._val_pass, self._val_index = None, self._val_pass + 1, 0
+                continue
+            self._val_index += 1
+            return batch
+        raise ValueError("the validation dataloader for OnlineHyperparamCallback is empty")
+
+    def _validation_loss(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor:
+        batch = trainer.precision_plugin.convert_input(self._next_val_batch())
+        batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+        batch = trainer.strategy.batch_to_device(batch)
+        with _eval_mode(pl_module), trainer.precision_plugin.forward_context():
+            return pl_module.validation_loss(batch)
+
+    # ---------------------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        if self.engine is None:
+            return {} if self._restored is None else dict(self._restored)
+        return {
+            "engine": self.engine.state_dict(),
+            "val_seed": self._val_seed,
+            "val_pass": self._val_pass,
+            "val_index": self._val_index,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = dict(state_dict) if state_dict else None

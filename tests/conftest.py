@@ -1,0 +1,165 @@
+"""Shared fixtures: a small float64 regression model that declares its hyperparameters."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_hyperopt import Hyperparameter, L2Penalty, OnlineHyperparamCallback, WeightDecay
+
+
+def regression_data(n_train=24, n_val=256, n_features=12, noise=1.0, seed=0):
+    """y = x·w + noise: few noisy training points, many clean validation points."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n_features, 1, generator=g, dtype=torch.float64)
+    x = torch.randn(n_train, n_features, generator=g, dtype=torch.float64)
+    y = x @ w + noise * torch.randn(n_train, 1, generator=g, dtype=torch.float64)
+    xv = torch.randn(n_val, n_features, generator=g, dtype=torch.float64)
+    return TensorDataset(x, y), TensorDataset(xv, xv @ w)
+
+
+class Regression(pl.LightningModule):
+    """MLP regression with its regularization declared as hyperparameters.
+
+    penalty: "l2" (one L2Penalty over every parameter), "wd" (the SGD group's weight_decay),
+    "per_layer" (an L2Penalty per linear layer), "scalar" (L2 + a generic Hyperparameter
+    scaling an L1-like smooth penalty), "none".
+    """
+
+    def __init__(
+        self,
+        penalty="l2",
+        init=1e-3,
+        lr=0.05,
+        momentum=0.0,
+        nesterov=False,
+        n_features=12,
+        hidden=16,
+        optimizer="sgd",
+        seed=0,
+    ):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.first = nn.Linear(n_features, hidden)
+        self.second = nn.Linear(hidden, 1)
+        self.penalty, self.lr, self.momentum, self.nesterov = penalty, lr, momentum, nesterov
+        self.optimizer_name = optimizer
+        if penalty == "l2":
+            self.l2 = L2Penalty(init)
+        elif penalty == "wd":
+            self.wd = WeightDecay(init=init)
+        elif penalty == "per_layer":
+            self.l2_first = L2Penalty(init[0])
+            self.l2_second = L2Penalty(init[1])
+        elif penalty == "scalar":
+            self.l2 = L2Penalty(init)
+            self.smooth_l1 = Hyperparameter(init, bounds=(0.0, 1.0))
+        self.double()
+
+    def forward(self, x):
+        return self.second(torch.tanh(self.first(x)))
+
+    def data_loss(self, batch):
+        x, y = batch
+        return ((self(x) - y) ** 2).mean()
+
+    def validation_loss(self, batch):
+        return self.data_loss(batch)
+
+    def training_loss(self, batch):
+        loss = self.data_loss(batch)
+        if self.penalty == "l2":
+            loss = loss + self.l2(self.parameters())
+        elif self.penalty == "per_layer":
+            loss = loss + self.l2_first(self.first.parameters())
+            loss = loss + self.l2_second(self.second.parameters())
+        elif self.penalty == "scalar":
+            loss = loss + self.l2(self.parameters())
+            loss = loss + self.smooth_l1.value * torch.sqrt(self.first.weight**2 + 1e-2).sum()
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        loss = self.training_loss(batch)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self.validation_loss(batch))
+
+    def configure_optimizers(self):
+        if self.optimizer_name == "adam":
+            return torch.optim.Adam(self.parameters(), lr=self.lr)
+        return torch.optim.SGD(
+            self.parameters(), lr=self.lr, momentum=self.momentum, nesterov=self.nesterov
+        )
+
+
+class Recorder(pl.Callback):
+    """Records every hyperparameter value after each training batch."""
+
+    def __init__(self):
+        self.values = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        from lightning_hyperopt import find_hyperparameters
+
+        hs = find_hyperparameters(pl_module)
+        self.values.append([float(h.value) for h in hs.values()])
+
+
+def make_trainer(callbacks, max_steps, **kwargs):
+    defaults = dict(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    defaults.update(kwargs)
+    return pl.Trainer(callbacks=callbacks, **defaults)
+
+
+def fit(
+    model,
+    method="clip",
+    max_steps=20,
+    batch_size=None,
+    warmup_steps=0,
+    data=None,
+    val_batch_size=64,
+    shuffle=False,
+    extra_callbacks=(),
+    **trainer_kwargs,
+):
+    """Fit ``model`` with the callback; returns (callback, recorder, trainer)."""
+    train, val = data or regression_data()
+    bs = batch_size or len(train)
+    cb = OnlineHyperparamCallback(method, warmup_steps=warmup_steps)
+    rec = Recorder()
+    trainer = make_trainer([cb, rec, *extra_callbacks], max_steps, **trainer_kwargs)
+    trainer.fit(
+        model,
+        DataLoader(train, batch_size=bs, shuffle=shuffle),
+        DataLoader(val, batch_size=val_batch_size),
+    )
+    return cb, rec, trainer
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_lightning():
+    import logging
+
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)

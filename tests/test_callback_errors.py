@@ -1,0 +1,155 @@
+"""Bad input is rejected with a clear error before any training step is taken."""
+
+import pytest
+import torch
+from conftest import Regression, fit, make_trainer, regression_data
+from torch.utils.data import DataLoader
+
+from lightning_hyperopt import (
+    Clip,
+    Exact,
+    FirstOrder,
+    Hyperparameter,
+    L2Penalty,
+    OnlineHyperparamCallback,
+    Unroll,
+    WeightDecay,
+)
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: OnlineHyperparamCallback("newton"), r"method='newton' is not supported.*clip"),
+        (lambda: Clip(radius=0.0), r"radius=0.0 must be a finite number > 0"),
+        (lambda: Clip(radius=-1.0), r"radius=-1.0 must be"),
+        (lambda: Clip(radius=float("inf")), r"use Exact\(\) for r = ∞"),
+        (lambda: Unroll(steps=0), r"steps=0 must be an integer K >= 1"),
+        (lambda: Unroll(steps=2.5), r"steps=2.5 must be an integer"),
+        (lambda: OnlineHyperparamCallback(warmup_steps=-1), r"warmup_steps=-1 must be"),
+        (lambda: Clip(hyper_lr_scale=-0.1), r"hyper_lr_scale=-0.1 must be a finite number >= 0"),
+        (lambda: Exact(hyper_lr_scale=float("nan")), r"hyper_lr_scale=nan"),
+        (lambda: FirstOrder(hyper_lr=-1.0), r"hyper_lr=-1.0 must be"),
+        (lambda: L2Penalty(2.0, bounds=(0.0, 1.0)), r"init=2.0 is outside bounds"),
+        (lambda: L2Penalty(0.5, bounds=(1.0, 0.0)), r"must satisfy low < high"),
+        (lambda: L2Penalty(0.5, parameterization="exp"), r"parameterization='exp'.*identity"),
+        (lambda: L2Penalty(0.5, parameterization="log"), r"'log' needs bounds with low > 0"),
+        (lambda: WeightDecay(group=-1), r"group=-1 must be"),
+    ],
+)
+def test_bad_arguments(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+class Steps(Regression):
+    """Counts training steps, to prove that errors come before any."""
+
+    steps = 0
+
+    def training_step(self, batch, batch_idx):
+        type(self).steps += 1
+        return super().training_step(batch, batch_idx)
+
+
+def fit_raises(model, error, match, **kwargs):
+    Steps.steps = 0
+    with pytest.raises(error, match=match):
+        fit(model, **kwargs)
+    return Steps.steps
+
+
+def test_module_without_hyperparameter():
+    assert fit_raises(Steps("none"), ValueError, "declares no hyperparameter") == 0
+
+
+def test_hyperparameter_not_in_the_training_loss():
+    model = Steps("l2")
+    model.unused = Hyperparameter(0.1)
+    fit_raises(model, ValueError, r"does not depend on hyperparameter #1")
+    assert not any(p.grad is not None and p.grad.abs().sum() == 0 for p in model.parameters())
+
+
+def test_missing_loss_methods():
+    class NoValidationLoss(Steps):
+        validation_loss = None
+
+    steps = fit_raises(NoValidationLoss("l2"), TypeError, r"must define `validation_loss\(batch\)")
+    assert steps == 0
+
+
+def test_no_validation_data():
+    model = Steps("l2")
+    cb = OnlineHyperparamCallback()
+    trainer = make_trainer([cb], 5)
+    with pytest.raises(ValueError, match="needs validation data for g_V"):
+        trainer.fit(model, DataLoader(regression_data()[0], batch_size=8))
+    assert Steps.steps == 0
+
+
+def test_empty_validation_data():
+    train, val = regression_data()
+    empty = torch.utils.data.Subset(val, [])
+    with pytest.raises(ValueError, match=r"validation dataloader .* is empty"):
+        fit(Regression("l2"), data=(train, empty))
+
+
+def test_unsupported_optimizer():
+    assert (
+        fit_raises(Steps("l2", optimizer="adam"), TypeError, r"supports torch.optim.SGD.*Adam") == 0
+    )
+
+
+def test_several_optimizers():
+    class Two(Steps):
+        def configure_optimizers(self):
+            return [torch.optim.SGD([p], lr=0.1) for p in self.parameters()][:2]
+
+    # Lightning itself refuses several optimizers under automatic optimization
+    assert fit_raises(Two("l2"), RuntimeError, "multiple optimizers") == 0
+
+
+def test_manual_optimization():
+    class Manual(Steps):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.automatic_optimization = False
+
+    assert fit_raises(Manual("l2"), ValueError, "manual optimization") == 0
+
+
+def test_unsupported_strategy():
+    model = Steps("l2")
+    trainer = make_trainer([OnlineHyperparamCallback()], 5, strategy="ddp", devices=1)
+    with pytest.raises(ValueError, match=r"single-device training only.*DDPStrategy"):
+        trainer.fit(model, DataLoader(regression_data()[0]), DataLoader(regression_data()[1]))
+    assert Steps.steps == 0
+
+
+def test_weight_decay_group_out_of_range():
+    model = Steps("none")
+    model.wd = WeightDecay(group=3)
+    assert fit_raises(model, ValueError, r"WeightDecay\(group=3\).*1 param group") == 0
+
+
+def test_two_callbacks():
+    # the fixed state_key makes Lightning refuse a second instance (one tunes everything)
+    with pytest.raises(RuntimeError, match="more than one stateful callback"):
+        make_trainer([OnlineHyperparamCallback(), OnlineHyperparamCallback()], 5)
+
+
+def test_gradient_clipping_warns():
+    with pytest.warns(UserWarning, match="tangent y = dθ/dλ ignores it"):
+        fit(Regression("l2"), max_steps=1, gradient_clip_val=1.0)
+
+
+def test_checkpoint_of_another_model_is_rejected(tmp_path):
+    cb, _, _ = fit(Regression("l2"), max_steps=2)
+    state = cb.state_dict()
+    state["engine"]["names"] = ["other"]
+    fresh = OnlineHyperparamCallback()
+    fresh.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"checkpoint tunes hyperparameters \['other'\]"):
+        make_trainer([fresh], 2).fit(
+            Regression("l2"), DataLoader(regression_data()[0]), DataLoader(regression_data()[1])
+        )

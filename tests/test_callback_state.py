@@ -1,0 +1,89 @@
+"""Checkpoint/resume, logging and the validation iterator's state."""
+
+import pytest
+import torch
+from conftest import Recorder, Regression, make_trainer, regression_data
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from lightning_hyperopt import Clip, OnlineHyperparamCallback, Unroll
+
+
+def loaders():
+    train, val = regression_data()
+    # 4 training batches per epoch; 6 shuffled validation batches per pass
+    return DataLoader(train, batch_size=6), DataLoader(val, batch_size=48, shuffle=True)
+
+
+@pytest.mark.parametrize(
+    "method, val_position",
+    [(Clip(5.0, 1.0), (1, 2)), (Unroll(3, 1.0), (0, 2))],  # 8 or 2 validation batches drawn
+    ids=["clip", "unroll3"],
+)
+def test_resume_continues_the_same_lambda_trajectory(tmp_path, method, val_position):
+    total, at = 20, 8  # the checkpoint at step 8 sits mid-way through a validation pass
+
+    def run(max_steps, callbacks, ckpt_path=None):
+        torch.manual_seed(0)
+        model = Regression("l2", 0.05, momentum=0.9)
+        cb, rec = OnlineHyperparamCallback(method), Recorder()
+        trainer = make_trainer([cb, rec, *callbacks], max_steps, enable_checkpointing=True)
+        trainer.fit(model, *loaders(), ckpt_path=ckpt_path)
+        return rec.values, cb, model
+
+    straight, cb_straight, model_straight = run(total, [])
+    saver = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=at, save_top_k=-1)
+    run(at, [saver])
+    ckpt = tmp_path / f"epoch=1-step={at}.ckpt"
+    state = torch.load(ckpt, weights_only=True)["callbacks"]["OnlineHyperparamCallback"]
+    assert state["engine"]["step"] == at
+    assert (state["val_pass"], state["val_index"]) == val_position
+    resumed, cb_resumed, model_resumed = run(total, [], ckpt_path=str(ckpt))
+    assert len(resumed) == total - at
+    assert straight[at] != straight[at - 1] or isinstance(method, Unroll)
+    torch.testing.assert_close(torch.tensor(resumed), torch.tensor(straight[at:]), rtol=0, atol=0)
+    for a, b in zip(cb_resumed.engine.tangents[0], cb_straight.engine.tangents[0]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(model_resumed.l2.value, model_straight.l2.value, rtol=0, atol=0)
+
+
+def test_lambda_scalars_reach_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = Regression("per_layer", (0.05, 0.01))
+    logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    cb = OnlineHyperparamCallback(Clip(0.5, 1.0))
+    trainer = make_trainer([cb], 12, logger=logger, log_every_n_steps=3)
+    trainer.fit(model, *loaders())
+    events = EventAccumulator(str(tmp_path / "run" / "version_0"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for name in ("l2_first", "l2_second"):
+        for suffix in ("", "/hypergradient", "/tangent_norm", "/clipped", "/nonfinite"):
+            assert f"hyperopt/{name}{suffix}" in tags
+    values = events.Scalars("hyperopt/l2_second")
+    assert [v.step for v in values] == [2, 5, 8, 11]  # every log_every_n_steps
+    assert values[-1].value == pytest.approx(float(model.l2_second.value))
+    assert {v.value for v in events.Scalars("hyperopt/l2_first/clipped")} <= {0.0, 1.0}
+
+
+def test_lambda_is_on_the_progress_bar():
+    model = Regression("l2", 0.05)
+    trainer = make_trainer([OnlineHyperparamCallback(Clip(5.0, 1.0))], 3)
+    trainer.fit(model, *loaders())
+    assert "hyperopt/l2" in trainer.progress_bar_metrics
+    assert "hyperopt/l2/hypergradient" not in trainer.progress_bar_metrics
+
+
+def test_state_dict_is_plain_and_survives_weights_only_loading(tmp_path):
+    model = Regression("l2", 0.05, momentum=0.9)
+    cb = OnlineHyperparamCallback(Clip(5.0, 1.0))
+    make_trainer([cb], 3).fit(model, *loaders())
+    path = tmp_path / "state.pt"
+    torch.save(cb.state_dict(), path)
+    state = torch.load(path, weights_only=True)
+    assert state["engine"]["names"] == ["l2"] and state["engine"]["step"] == 3
+    assert all(isinstance(t, torch.Tensor) for t in state["engine"]["momentum_tangents"][0])
+    assert cb.state_key == "OnlineHyperparamCallback"
+    assert OnlineHyperparamCallback("unroll").state_key == cb.state_key  # args never change it
