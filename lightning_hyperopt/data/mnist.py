@@ -1,0 +1,215 @@
+"""MNIST as a LightningDataModule, read from the standard IDX files (no torchvision needed)."""
+
+from __future__ import annotations
+
+import math
+import struct
+import sys
+from pathlib import Path
+
+import torch
+from pytorch_lightning import LightningDataModule
+from torch.utils.data import DataLoader, TensorDataset
+
+from ._files import ensure_files, expected_sums, int_at_least, read_bytes, read_verified
+
+MNIST_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
+TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
+TEST_IMAGES = "t10k-images-idx3-ubyte.gz"
+TEST_LABELS = "t10k-labels-idx1-ubyte.gz"
+#: sha256 of the *un-gzipped* bytes, keyed by the (gzipped) file name in ``data_dir``.
+MNIST_SHA256 = {
+    TRAIN_IMAGES: "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    TRAIN_LABELS: "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    TEST_IMAGES: "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    TEST_LABELS: "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+
+# IDX type codes (third magic byte); the data are big-endian.
+_IDX_DTYPES = {
+    0x08: torch.uint8,
+    0x09: torch.int8,
+    0x0B: torch.int16,
+    0x0C: torch.int32,
+    0x0D: torch.float32,
+    0x0E: torch.float64,
+}
+
+
+def parse_idx(data: bytes, source: str = "IDX data") -> torch.Tensor:
+    """Tensor decoded from the bytes of an IDX file; ``source`` names it in error messages.
+
+    The format: two zero bytes, a type code, the number of dimensions ``d``, then ``d``
+    big-endian uint32 sizes and the big-endian values in row-major order.
+    """
+    if len(data) < 4:
+        raise ValueError(f"{source}: truncated IDX file: {len(data)} bytes, no complete header")
+    if data[:2] != b"\0\0" or data[2] not in _IDX_DTYPES:
+        raise ValueError(
+            f"{source}: bad IDX magic number 0x{data[:4].hex()}; expected 0x0000TTDD with type "
+            f"code TT in {{{', '.join(f'{c:02x}' for c in _IDX_DTYPES)}}}"
+        )
+    dtype, ndim = _IDX_DTYPES[data[2]], data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{source}: truncated IDX header: {ndim} dimensions need {header} bytes")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    expected = header + math.prod(dims) * itemsize
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "trailing bytes in"
+        raise ValueError(
+            f"{source}: {what} IDX file: shape {dims} needs {expected} bytes, found {len(data)}"
+        )
+    if math.prod(dims) == 0:
+        return torch.empty(dims, dtype=dtype)
+    # bytearray: torch.frombuffer wants a writable buffer; the copy is owned by the tensor.
+    raw = torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8)
+    if itemsize > 1 and sys.byteorder == "little":
+        raw = raw.view(-1, itemsize).flip(-1).contiguous().view(-1)
+    return raw.view(dtype).reshape(dims)
+
+
+def read_idx(path: str | Path) -> torch.Tensor:
+    """Tensor stored in an IDX file, gzipped (as distributed) or raw."""
+    return parse_idx(read_bytes(path), str(path))
+
+
+class MNISTDataModule(LightningDataModule):
+    """MNIST digits: a seeded train/validation split of the 60k training set, and the 10k test set.
+
+    The default 25% validation fraction is the paper's 75%/25% split (45,000 / 15,000). Images
+    are float32 in [0, 1], flattened to 784 values (``flatten=True``) or shaped (1, 28, 28);
+    labels are int64.
+
+    Args:
+        data_dir: folder holding the four standard gzipped IDX files.
+        batch_size: batch size of every loader.
+        val_fraction: share of the 60k training images held out for validation, in (0, 1).
+        split_seed: seed of the train/validation split.
+        shuffle_seed: seed of the training loader's order; the hyperopt loader uses
+            ``shuffle_seed + 1``, so the two orders differ.
+        num_workers: DataLoader worker processes.
+        flatten: flatten each image to 784 values instead of (1, 28, 28).
+        download: fetch missing files from ``mirror`` in :meth:`prepare_data`.
+        verify: check the sha256 sums of the un-gzipped files.
+        checksums: replacement sums, by file name (for other copies of the data).
+        mirror: base URL the four files are downloaded from.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 100,
+        val_fraction: float = 0.25,
+        split_seed: int = 0,
+        shuffle_seed: int = 0,
+        num_workers: int = 0,
+        flatten: bool = True,
+        download: bool = True,
+        verify: bool = True,
+        checksums: dict[str, str] | None = None,
+        mirror: str = MNIST_MIRROR,
+    ) -> None:
+        super().__init__()
+        self.batch_size = int_at_least("batch_size", batch_size, 1)
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float):
+            raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
+        if not 0 < val_fraction < 1:  # also rejects NaN
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+        self.val_fraction = float(val_fraction)
+        self.split_seed = int_at_least("split_seed", split_seed, 0)
+        self.shuffle_seed = int_at_least("shuffle_seed", shuffle_seed, 0)
+        self.num_workers = int_at_least("num_workers", num_workers, 0)
+        self.data_dir = Path(data_dir)
+        self.flatten = flatten
+        self.download = download
+        self.mirror = mirror
+        self.sha256 = expected_sums(MNIST_SHA256, verify, checksums)
+        self.save_hyperparameters()
+        self.train_set: TensorDataset | None = None
+        self.val_set: TensorDataset | None = None
+        self.test_set: TensorDataset | None = None
+
+    def prepare_data(self) -> None:
+        """Download missing files (when ``download`` is true); called once per node by Lightning."""
+        ensure_files(self.data_dir, list(MNIST_SHA256), self.mirror, self.download, self.sha256)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the splits ``stage`` needs: train/validation for fit and validate, test for test."""
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            images, labels = self._load(TRAIN_IMAGES, TRAIN_LABELS)
+            n = len(labels)
+            n_val = round(n * self.val_fraction)
+            if not 0 < n_val < n:
+                raise ValueError(
+                    f"val_fraction={self.val_fraction} of {n} training images leaves an empty split"
+                )
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+            val, train = order[:n_val], order[n_val:]
+            self.train_set = TensorDataset(images[train], labels[train])
+            self.val_set = TensorDataset(images[val], labels[val])
+        if stage in (None, "test") and self.test_set is None:
+            self.test_set = TensorDataset(*self._load(TEST_IMAGES, TEST_LABELS))
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled batches of the training split, in an order fixed by ``shuffle_seed``."""
+        return self._loader(self._require(self.train_set, "fit"), seed=self.shuffle_seed)
+
+    def val_dataloader(self) -> DataLoader:
+        """Batches of the validation split, in a fixed order."""
+        return self._loader(self._require(self.val_set, "fit"))
+
+    def test_dataloader(self) -> DataLoader:
+        """Batches of the 10k test images, in file order."""
+        return self._loader(self._require(self.test_set, "test"))
+
+    def hyperopt_dataloader(self) -> DataLoader:
+        """Shuffled batches of the validation split, for the hyperparameter tuner.
+
+        Independent of :meth:`val_dataloader`: its own generator (seeded ``shuffle_seed + 1``),
+        so drawing tuning batches does not disturb validation or training order.
+        """
+        return self._loader(self._require(self.val_set, "fit"), seed=self.shuffle_seed + 1)
+
+    def _load(self, images_name: str, labels_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        # A no-op after prepare_data(); it lets setup() alone work, and gives a missing file
+        # the same clear error instead of a bare path.
+        names = [images_name, labels_name]
+        ensure_files(self.data_dir, names, self.mirror, self.download, self.sha256)
+        tensors = []
+        for name in names:
+            path = self.data_dir / name
+            tensors.append(parse_idx(read_verified(path, self.sha256.get(name)), str(path)))
+        images, labels = tensors
+        if images.dtype != torch.uint8 or images.ndim != 3:
+            raise ValueError(
+                f"{self.data_dir / images_name}: expected uint8 images of shape (N, rows, cols), "
+                f"got {images.dtype} of shape {tuple(images.shape)}"
+            )
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise ValueError(
+                f"{self.data_dir / labels_name}: expected {len(images)} labels, "
+                f"got shape {tuple(labels.shape)}"
+            )
+        x = images.to(torch.float32).div_(255)
+        x = x.reshape(len(x), -1) if self.flatten else x.unsqueeze(1)
+        return x, labels.to(torch.int64)
+
+    def _loader(self, dataset: TensorDataset, seed: int | None = None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=seed is not None,
+            generator=None if seed is None else torch.Generator().manual_seed(seed),
+            num_workers=self.num_workers,
+            # Keep workers between epochs: re-spawning them costs more than an MNIST epoch.
+            persistent_workers=self.num_workers > 0,
+        )
+
+    @staticmethod
+    def _require(dataset: TensorDataset | None, stage: str) -> TensorDataset:
+        if dataset is None:
+            raise RuntimeError(f"call setup({stage!r}) before asking for this dataloader")
+        return dataset

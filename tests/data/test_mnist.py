@@ -1,0 +1,335 @@
+"""IDX parsing and MNISTDataModule, on tiny generated files and (when present) the real MNIST."""
+
+import gzip
+import hashlib
+import math
+import re
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_hyperopt.data import MNISTDataModule, parse_idx, read_idx
+from lightning_hyperopt.data.mnist import MNIST_SHA256
+
+REAL_MNIST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mnist"
+NAMES = list(MNIST_SHA256)  # train images, train labels, test images, test labels
+STRUCT_CODES = {
+    torch.uint8: (0x08, "B"),
+    torch.int8: (0x09, "b"),
+    torch.int16: (0x0B, "h"),
+    torch.int32: (0x0C, "i"),
+    torch.float32: (0x0D, "f"),
+    torch.float64: (0x0E, "d"),
+}
+
+
+def idx_bytes(tensor: torch.Tensor) -> bytes:
+    """IDX encoding of ``tensor``, written with struct (independently of the parser)."""
+    code, fmt = STRUCT_CODES[tensor.dtype]
+    header = struct.pack(f">BBBB{tensor.ndim}I", 0, 0, code, tensor.ndim, *tensor.shape)
+    return header + struct.pack(f">{tensor.numel()}{fmt}", *tensor.flatten().tolist())
+
+
+def write_mnist(folder: Path, n_train: int = 40, n_test: int = 8) -> dict[str, str]:
+    """Tiny MNIST-format files in ``folder``; returns their sha256 sums (un-gzipped), by name.
+
+    Training image ``i`` has pixel 0 equal to ``i``, so images can be told apart after a split.
+    """
+    gen = torch.Generator().manual_seed(1)
+    sums = {}
+    for n, (images_name, labels_name) in ((n_train, NAMES[:2]), (n_test, NAMES[2:])):
+        images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=gen)
+        images[:, 0, 0] = torch.arange(n)
+        images[:, 1, :2] = torch.tensor([0, 255])  # both ends of the pixel range occur
+        labels = torch.randint(0, 10, (n,), dtype=torch.uint8, generator=gen)
+        for name, tensor in ((images_name, images), (labels_name, labels)):
+            raw = idx_bytes(tensor)
+            (folder / name).write_bytes(gzip.compress(raw))
+            sums[name] = hashlib.sha256(raw).hexdigest()
+    return sums
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    return folder, write_mnist(folder)
+
+
+def make_dm(tiny: tuple[Path, dict[str, str]], **kwargs) -> MNISTDataModule:
+    folder, sums = tiny
+    kwargs = {"batch_size": 4, "download": False, "checksums": sums, **kwargs}
+    dm = MNISTDataModule(str(folder), **kwargs)
+    dm.prepare_data()
+    dm.setup(None)
+    return dm
+
+
+# --- IDX -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", list(STRUCT_CODES))
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_round_trip(tmp_path: Path, dtype: torch.dtype, gz: bool) -> None:
+    offset = 0 if dtype == torch.uint8 else 30  # negative values for the signed types
+    tensor = (torch.arange(60).reshape(3, 4, 5) - offset).to(dtype)
+    if dtype.is_floating_point:
+        tensor = tensor / 7  # values with a full mantissa
+    raw = idx_bytes(tensor)
+    path = tmp_path / ("t.idx.gz" if gz else "t.idx")
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    out = read_idx(path)
+    assert out.dtype == dtype
+    assert out.shape == (3, 4, 5)
+    assert torch.equal(out, tensor)
+
+
+def test_idx_is_big_endian() -> None:
+    # int16 [258, -2] written by hand: 0x0102, 0xfffe
+    data = b"\0\0\x0b\x01" + b"\0\0\0\x02" + b"\x01\x02\xff\xfe"
+    assert parse_idx(data).tolist() == [258, -2]
+
+
+def test_idx_empty_dimension() -> None:
+    assert parse_idx(idx_bytes(torch.zeros(0, 3, dtype=torch.uint8))).shape == (0, 3)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x01\0\x08\x01\0\0\0\x01\x07", "bad IDX magic number 0x01000801"),
+        (b"\0\0\x07\x01\0\0\0\x01\x07", "bad IDX magic number 0x00000701"),
+        (b"\0\0", "truncated IDX file: 2 bytes"),
+        (b"\0\0\x08\x02\0\0\0\x01", "truncated IDX header"),
+        (b"\0\0\x08\x01\0\0\0\x03\x07\x07", r"truncated IDX file: shape \(3,\) needs 11 bytes"),
+        (b"\0\0\x08\x01\0\0\0\x01\x07\x07", "trailing bytes in IDX file"),
+    ],
+)
+def test_idx_errors(data: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_idx(data)
+
+
+def test_read_idx_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.idx"
+    path.write_bytes(b"\x08\x03\0\0" + bytes(20))
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": bad IDX magic"):
+        read_idx(path)
+
+
+def test_truncated_gzip(tmp_path: Path) -> None:
+    path = tmp_path / "t.idx.gz"
+    path.write_bytes(gzip.compress(idx_bytes(torch.zeros(50, dtype=torch.uint8)))[:-6])
+    with pytest.raises(ValueError, match="corrupt or truncated gzip"):
+        read_idx(path)
+
+
+# --- MNISTDataModule on tiny files ---------------------------------------------------------
+
+
+def test_split_sizes_types_and_range(tiny) -> None:
+    dm = make_dm(tiny)
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (30, 10, 8)
+    x, y = dm.train_set.tensors
+    assert x.shape == (30, 784)
+    assert x.dtype == torch.float32
+    assert y.dtype == torch.int64
+    assert x.min() == 0.0 and x.max() == 1.0
+    # the tiny files hold every byte value 0..255 scaled by 1/255: check against the raw bytes
+    raw = read_idx(tiny[0] / NAMES[0]).reshape(40, 784).double() / 255
+    ids = (x[:, 0] * 255).round().long()
+    assert torch.allclose(x.double(), raw[ids], atol=1e-7)
+
+
+def test_split_is_a_deterministic_partition(tiny) -> None:
+    def ids(dm: MNISTDataModule) -> tuple[list[int], list[int]]:
+        return [
+            sorted((s.tensors[0][:, 0] * 255).round().long().tolist())
+            for s in (dm.train_set, dm.val_set)
+        ]
+
+    train, val = ids(make_dm(tiny, split_seed=3))
+    assert sorted(train + val) == list(range(40))
+    assert (train, val) == tuple(ids(make_dm(tiny, split_seed=3)))
+    assert ids(make_dm(tiny, split_seed=4))[1] != val
+
+
+def test_unflattened_images(tiny) -> None:
+    dm = make_dm(tiny, flatten=False)
+    assert dm.test_set.tensors[0].shape == (8, 1, 28, 28)
+
+
+def test_loaders(tiny) -> None:
+    dm = make_dm(tiny, shuffle_seed=5)
+
+    def first_column(loader) -> list[int]:
+        return [round(v * 255) for x, _ in loader for v in x[:, 0].tolist()]
+
+    val_ids = first_column(dm.val_dataloader())
+    assert val_ids == [round(v * 255) for v in dm.val_set.tensors[0][:, 0].tolist()]
+    tuner = first_column(dm.hyperopt_dataloader())
+    assert sorted(tuner) == sorted(val_ids) and tuner != val_ids
+    assert first_column(dm.hyperopt_dataloader()) == tuner  # seeded
+    epoch1 = first_column(dm.train_dataloader())
+    assert epoch1 == first_column(make_dm(tiny, shuffle_seed=5).train_dataloader())
+    assert epoch1 != first_column(make_dm(tiny, shuffle_seed=6).train_dataloader())
+    assert [len(x) for x, _ in dm.test_dataloader()] == [4, 4]
+
+
+def test_setup_stages(tiny) -> None:
+    folder, sums = tiny
+    dm = MNISTDataModule(str(folder), download=False, checksums=sums)
+    with pytest.raises(RuntimeError, match=r"setup\('fit'\)"):
+        dm.train_dataloader()
+    dm.setup("test")
+    assert dm.train_set is None and len(dm.test_set) == 8
+
+
+def test_checksum_mismatch(tiny) -> None:
+    folder, sums = tiny
+    wrong = "0" * 64
+    dm = MNISTDataModule(str(folder), download=False, checksums={**sums, NAMES[1]: wrong})
+    message = re.escape(
+        f"{folder / NAMES[1]}: sha256 mismatch: expected {wrong}, got {sums[NAMES[1]]}"
+    )
+    with pytest.raises(ValueError, match=message):
+        dm.setup("fit")
+    # the official sums reject the tiny files, and verify=False accepts them
+    with pytest.raises(ValueError, match=re.escape(MNIST_SHA256[NAMES[0]])):
+        MNISTDataModule(str(folder), download=False).setup("fit")
+    MNISTDataModule(str(folder), download=False, verify=False).setup("fit")
+
+
+def test_missing_files(tmp_path: Path) -> None:
+    dm = MNISTDataModule(str(tmp_path), download=False)
+    message = re.escape(str(tmp_path)) + ": missing train-images-idx3-ubyte.gz, .*t10k-labels"
+    with pytest.raises(FileNotFoundError, match=message):
+        dm.prepare_data()
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path))):
+        dm.setup("fit")
+
+
+def test_download_from_mirror(tiny, tmp_path: Path) -> None:
+    folder, sums = tiny
+    target = tmp_path / "downloaded"
+    dm = MNISTDataModule(str(target), checksums=sums, mirror=folder.as_uri())
+    dm.prepare_data()
+    assert sorted(p.name for p in target.iterdir()) == sorted(NAMES)
+    dm.setup("fit")
+    assert len(dm.train_set) == 30
+
+
+def test_download_checksum_mismatch_leaves_nothing(tiny, tmp_path: Path) -> None:
+    folder, sums = tiny
+    target = tmp_path / "downloaded"
+    dm = MNISTDataModule(
+        str(target), checksums={**sums, NAMES[0]: "0" * 64}, mirror=folder.as_uri()
+    )
+    with pytest.raises(
+        ValueError, match=f"downloaded {re.escape(folder.as_uri())}.*sha256 mismatch"
+    ):
+        dm.prepare_data()
+    assert list(target.iterdir()) == []
+
+
+def test_download_failure(tmp_path: Path) -> None:
+    dm = MNISTDataModule(str(tmp_path / "d"), mirror=(tmp_path / "nowhere").as_uri())
+    with pytest.raises(FileNotFoundError, match=r"expected files: train-images.*downloading"):
+        dm.prepare_data()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+        ({"batch_size": 2.5}, "batch_size must be an integer >= 1"),
+        ({"val_fraction": 0.0}, r"val_fraction must be in \(0, 1\), got 0.0"),
+        ({"val_fraction": 1}, r"val_fraction must be in \(0, 1\), got 1"),
+        ({"val_fraction": math.nan}, r"val_fraction must be in \(0, 1\)"),
+        ({"val_fraction": "0.5"}, "val_fraction must be a number"),
+        ({"num_workers": -1}, "num_workers must be an integer >= 0"),
+        ({"split_seed": -1}, "split_seed must be an integer >= 0"),
+        (
+            {"checksums": {"train-images": "x"}},
+            r"checksums: unknown file name\(s\) \['train-images'\]",
+        ),
+    ],
+)
+def test_constructor_validation(tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MNISTDataModule(str(tmp_path), **kwargs)
+
+
+def test_empty_split(tiny) -> None:
+    with pytest.raises(ValueError, match="leaves an empty split"):
+        make_dm(tiny, val_fraction=0.001)
+
+
+def test_cli_parses_constructor(tmp_path: Path) -> None:
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(MNISTDataModule, "data")
+    cfg = parser.parse_args(
+        ["--data.data_dir", str(tmp_path), "--data.batch_size", "7", "--data.download", "false"]
+    )
+    assert (cfg.data.batch_size, cfg.data.download, cfg.data.val_fraction) == (7, False, 0.25)
+    dm = parser.instantiate(cfg).data
+    assert isinstance(dm, MNISTDataModule) and dm.batch_size == 7
+
+
+def test_trains_with_lightning(tiny) -> None:
+    import pytorch_lightning as pl
+
+    class Classifier(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Linear(784, 10)
+            self.validated = 0
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.cross_entropy(self.net(x), y)
+
+        def validation_step(self, batch, batch_idx):
+            self.validated += len(batch[0])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    model = Classifier()
+    trainer.fit(model, datamodule=make_dm(tiny))
+    assert trainer.global_step == 8  # 30 training images, batch 4
+    assert model.validated == 8 + 10  # the sanity check (2 batches of 4), then all 10 images
+
+
+# --- the real MNIST --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real() -> MNISTDataModule:
+    if not REAL_MNIST.is_dir():
+        pytest.skip(f"no MNIST at {REAL_MNIST}")
+    dm = MNISTDataModule(str(REAL_MNIST), download=False)
+    dm.setup(None)
+    return dm
+
+
+def test_real_sizes(real: MNISTDataModule) -> None:
+    assert (len(real.train_set), len(real.val_set), len(real.test_set)) == (45000, 15000, 10000)
+    assert real.train_set.tensors[0].shape == (45000, 784)
+    assert real.val_set.tensors[0].min() >= 0.0 and real.val_set.tensors[0].max() <= 1.0
+
+
+def test_real_raw_files() -> None:
+    if not REAL_MNIST.is_dir():
+        pytest.skip(f"no MNIST at {REAL_MNIST}")
+    labels = read_idx(REAL_MNIST / "train-labels-idx1-ubyte.gz")
+    assert labels.shape == (60000,) and labels.dtype == torch.uint8
+    assert labels[:8].tolist() == [5, 0, 4, 1, 9, 2, 1, 3]  # the well-known first digits
+    assert read_idx(REAL_MNIST / "t10k-labels-idx1-ubyte.gz").shape == (10000,)
