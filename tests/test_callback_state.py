@@ -28,7 +28,9 @@ def test_resume_continues_the_same_lambda_trajectory(tmp_path, method, val_posit
         torch.manual_seed(0)
         model = Regression("l2", 0.05, momentum=0.9)
         cb, rec = OnlineHyperparamCallback(method), Recorder()
-        trainer = make_trainer([cb, rec, *callbacks], max_steps, enable_checkpointing=True)
+        trainer = make_trainer(
+            [cb, rec, *callbacks], max_steps, enable_checkpointing=True, default_root_dir=tmp_path
+        )
         trainer.fit(model, *loaders(), ckpt_path=ckpt_path)
         return rec.values, cb, model
 
