@@ -118,7 +118,7 @@ class TangentEngine:
             for j in range(len(self.hypers)):
                 self._reset(j)
         use_y = self.method.uses_tangent
-        values = [h.value if h.in_loss else None for h in self.hypers]
+        values = [h.value if h.drift_source == "autograd" else None for h in self.hypers]
         drifts = [self._zeros() for _ in self.hypers]
         for v in values:
             if v is not None:
@@ -133,6 +133,7 @@ class TangentEngine:
             for v in values:
                 if v is not None:
                     v.requires_grad_(False)
+        self._add_finite_difference_terms(drifts, losses)
         self._add_weight_decay_terms(drifts, use_y)
         groups = self.optimizer.param_groups
         self.lr = float(groups[0]["lr"])
@@ -148,6 +149,30 @@ class TangentEngine:
                 self.nonfinite[j] += 1
                 self._reset(j)
         self.step += 1
+
+    def _add_finite_difference_terms(
+        self, drifts: list[Tangent], losses: Callable[[], Iterable[Tensor]]
+    ) -> None:
+        """∂g_T/∂λ ≈ (g_T(λ₊) − g_T(λ₋)) / (λ₊ − λ₋) for finite-difference hyperparameters,
+        from two more replays sharing one seed (coupled random draws)."""
+        for j, h in enumerate(self.hypers):
+            if h.drift_source != "finite_difference":
+                continue
+            seed = (self.step * 1_000_003 + j) % (2**62)  # reproducible across resumes
+            grads, used = [], []
+            for sign in (+1, -1):
+                acc = self._zeros()
+                with h.perturbed(sign, seed) as value:
+                    for loss in losses():
+                        got = torch.autograd.grad(loss, self.params, allow_unused=True)
+                        for a, g in zip(acc, got):
+                            if g is not None:
+                                a.add_(g.detach())
+                grads.append(acc)
+                used.append(float(value))
+            width = used[0] - used[1]
+            for d, plus, minus in zip(drifts[j], *grads):
+                d.add_((plus - minus) / width)
 
     def _add_weight_decay_terms(self, drifts: list[Tangent], use_y: bool) -> None:
         """SGD's wd·θ: H gains wd·I on each group; ∂g/∂λ = θ on the group of a WeightDecay λ."""

@@ -6,8 +6,9 @@ by ``.to(device)``), with bounds and a parameterization for the online update.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
 import torch
@@ -15,6 +16,9 @@ from torch import Tensor, nn
 
 Parameterization = Literal["identity", "log"]
 PARAMETERIZATIONS = ("identity", "log")
+#: how ∂g_T/∂λ is obtained: λ in the loss's graph, applied by the optimizer, or estimated by
+#: central finite differences of replayed losses (see ``Hyperparameter.perturbed``)
+DriftSource = Literal["autograd", "optimizer", "finite_difference"]
 
 
 class Hyperparameter(nn.Module):
@@ -57,10 +61,17 @@ class Hyperparameter(nn.Module):
     def forward(self) -> Tensor:
         return self.value
 
-    @property
-    def in_loss(self) -> bool:
-        """Whether λ enters the training loss (else the optimizer applies it)."""
-        return True
+    #: how the engine gets ∂g_T/∂λ for this hyperparameter
+    drift_source: DriftSource = "autograd"
+
+    @contextlib.contextmanager
+    def perturbed(self, sign: int, seed: int) -> Iterator[float]:
+        """For ``drift_source = "finite_difference"``: within the context, replayed training
+        losses see λ shifted up (``sign=+1``) or down (``sign=-1``); it yields the value in
+        use, so ∂g_T/∂λ ≈ (g_T(λ₊) − g_T(λ₋)) / (λ₊ − λ₋). ``seed`` is the same for both
+        signs, for coupled random draws."""
+        raise NotImplementedError(f"{type(self).__name__} has no finite-difference drift")
+        yield 0.0  # pragma: no cover
 
     def extra_repr(self) -> str:
         return (
@@ -107,9 +118,7 @@ class WeightDecay(Hyperparameter):
         self.group = group
         self.init_from_optimizer = init is None
 
-    @property
-    def in_loss(self) -> bool:
-        return False
+    drift_source: DriftSource = "optimizer"
 
     def forward(self) -> Tensor:
         return self.value
