@@ -94,10 +94,22 @@ def test_empty_validation_data():
         fit(Regression("l2"), data=(train, empty))
 
 
-def test_unsupported_optimizer():
-    assert (
-        fit_raises(Steps("l2", optimizer="adam"), TypeError, r"supports torch.optim.SGD.*Adam") == 0
-    )
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda params: torch.optim.Adam(params, lr=0.1),
+        lambda params: torch.optim.LBFGS(params, lr=0.1),
+        lambda params: torch.optim.SGD(params, lr=0.1, maximize=True),
+    ],
+    ids=["adam", "lbfgs", "maximize"],
+)
+def test_unsupported_optimizer(make):
+    class Other(Steps):
+        def configure_optimizers(self):
+            return make(self.parameters())
+
+    match = r"supports torch.optim.SGD.*(Adam|LBFGS)|maximize=True"
+    assert fit_raises(Other("l2"), (TypeError, ValueError), match) == 0
 
 
 def test_several_optimizers():
