@@ -125,6 +125,9 @@ def make_trainer(callbacks, max_steps, **kwargs):
     return pl.Trainer(callbacks=callbacks, **defaults)
 
 
+NO_UPDATE = 10**9  # a warm-up that never ends: λ stays fixed
+
+
 def fit(
     model,
     method="clip",
@@ -149,6 +152,10 @@ def fit(
         DataLoader(val, batch_size=val_batch_size),
     )
     return cb, rec, trainer
+
+
+# small models: one thread avoids oversubscribing the (2-core) CI machine
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import Regression, fit, regression_data
+from conftest import NO_UPDATE, Regression, fit, regression_data
 from torch.utils.data import DataLoader
 
 from lightning_hyperopt import Clip, Exact, Unroll
@@ -14,7 +14,6 @@ SGD_VARIANTS = {
     "momentum": dict(momentum=0.9),
     "nesterov": dict(momentum=0.9, nesterov=True),
 }
-NO_UPDATE = 10**9  # a warm-up that never ends: λ fixed, the tangent alone is checked
 
 
 def final_params(model):
@@ -24,7 +23,13 @@ def final_params(model):
 @pytest.mark.parametrize("sgd", SGD_VARIANTS.values(), ids=SGD_VARIANTS.keys())
 @pytest.mark.parametrize(
     "penalty, init, which",
-    [("l2", 0.02, 0), ("wd", 0.02, 0), ("per_layer", (0.02, 0.05), 1), ("scalar", 0.02, 1)],
+    [
+        ("l2", 0.02, 0),
+        ("wd", 0.02, 0),
+        ("per_layer", (0.02, 0.05), 0),
+        ("per_layer", (0.02, 0.05), 1),
+        ("scalar", 0.02, 1),
+    ],
 )
 def test_tangent_equals_finite_differences_of_two_trainings(sgd, penalty, init, which):
     """y_T = (θ_T(λ+δ) − θ_T(λ−δ)) / 2δ for hyperparameter ``which``, others held fixed."""

@@ -38,12 +38,15 @@ def check_optimizer(optimizer: torch.optim.Optimizer, hyperparameters: Iterable[
     for i, group in enumerate(optimizer.param_groups):
         if group.get("maximize", False):
             raise ValueError(f"SGD param group {i} has maximize=True, which is not supported")
-    for h in hyperparameters:
-        if isinstance(h, WeightDecay) and h.group >= len(optimizer.param_groups):
+    groups = [h.group for h in hyperparameters if isinstance(h, WeightDecay)]
+    for group in groups:
+        if group >= len(optimizer.param_groups):
             raise ValueError(
-                f"WeightDecay(group={h.group}) but the optimizer has "
+                f"WeightDecay(group={group}) but the optimizer has "
                 f"{len(optimizer.param_groups)} param group(s)"
             )
+        if groups.count(group) > 1:
+            raise ValueError(f"two WeightDecay hyperparameters tune param group {group}")
 
 
 class TangentEngine:
@@ -106,6 +109,11 @@ class TangentEngine:
                 self.optimizer.param_groups[h.group]["weight_decay"] = float(h.value)
 
     # ------------------------------------------------------------------ before optimizer.step
+    def step_applies(self) -> bool:
+        """Whether the coming SGD step moves θ: some gradient exists and all are finite."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        return bool(grads) and all_finite(grads)
+
     def advance(self, losses: Callable[[], Iterable[Tensor]]) -> None:
         """y_{t+1} = P(y_t − η D(G)), G_j = H y_j + ∂g/∂λ_j, for the SGD step about to run.
 
@@ -242,14 +250,15 @@ class TangentEngine:
             else:
                 hypergradient = -inner(g_val, self.drifts[j])
             self.hypergradients[j] = hypergradient.detach()
-            if not torch.isfinite(hypergradient):
+            with torch.no_grad():
+                new = hyperparameter_step(
+                    h.value, hypergradient, alpha, h.parameterization, h.bounds
+                )
+            if not torch.isfinite(new):  # a non-finite h, or an overflowing log step
                 self.nonfinite[j] += 1
                 self._reset(j)
                 continue
-            with torch.no_grad():
-                h.value.copy_(
-                    hyperparameter_step(h.value, hypergradient, alpha, h.parameterization, h.bounds)
-                )
+            h.value.copy_(new)
         self.updates += 1
         self.sync_weight_decay()
         return True

@@ -61,6 +61,16 @@ class Hyperparameter(nn.Module):
     def forward(self) -> Tensor:
         return self.value
 
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # λ follows the module's device but keeps float64 under .half()/.float()/bf16-true:
+        # hyper steps are often ~1e-7 of λ (float32 on MPS, which has no float64)
+        master = self.value
+        super()._apply(fn, recurse)
+        device = self.value.device
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        self._buffers["value"] = master.to(device=device, dtype=dtype)
+        return self
+
     #: how the engine gets ∂g_T/∂λ for this hyperparameter
     drift_source: DriftSource = "autograd"
 
@@ -89,7 +99,9 @@ class L2Penalty(Hyperparameter):
     """
 
     def forward(self, params: Iterable[Tensor]) -> Tensor:  # type: ignore[override]
-        return 0.5 * self.value * sum((p * p).sum() for p in params)
+        squares = sum((p * p).sum() for p in params)
+        # in the parameters' dtype: a float64 λ would otherwise promote the whole loss
+        return 0.5 * self.value.to(squares.dtype) * squares
 
 
 class WeightDecay(Hyperparameter):
