@@ -18,10 +18,16 @@ from lightning_hyperopt.core import (
     Unroll,
     WeightDecay,
 )
+from lightning_hyperopt.core.dropout import KeepProbability, TunableDropout, adopt_dropout
 
 __version__ = "0.1.0"
 
 _LIGHTNING = {"OnlineHyperparamCallback", "find_hyperparameters"}
+#: Lightning-side names and the module that defines each
+_LAZY = {
+    **dict.fromkeys(_LIGHTNING, "lightning_hyperopt.callback"),
+    "LSTMLanguageModel": "lightning_hyperopt.models.lstm_lm",
+}
 
 __all__ = [
     "Clip",
@@ -29,19 +35,23 @@ __all__ = [
     "FirstOrder",
     "HyperMethod",
     "Hyperparameter",
+    "KeepProbability",
     "L2Penalty",
+    "LSTMLanguageModel",
     "OnlineHyperparamCallback",
     "TangentEngine",
+    "TunableDropout",
     "Unroll",
     "WeightDecay",
+    "adopt_dropout",
     "find_hyperparameters",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # the callback pulls in Lightning; the core stays importable without it
-    if name in _LIGHTNING:
-        from lightning_hyperopt import callback
+    # the callback and the models pull in Lightning; the core stays importable without it
+    if name in _LAZY:
+        import importlib
 
-        return getattr(callback, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'lightning_hyperopt' has no attribute {name!r}")

@@ -9,9 +9,12 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.strategies import SingleDeviceStrategy
+from pytorch_lightning.trainer.states import RunningStage
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
+from torch.utils.data import DataLoader
 
+from lightning_hyperopt.core.dropout import ADOPT_MODES, AdoptMode, adopt_dropout
 from lightning_hyperopt.core.engine import TangentEngine, check_optimizer
 from lightning_hyperopt.core.hyperparameters import Hyperparameter, WeightDecay
 from lightning_hyperopt.core.methods import HyperMethod, resolve_method
@@ -36,6 +39,44 @@ def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
             m.training = training
 
 
+@contextlib.contextmanager
+def _native_rnn_kernels() -> Iterator[None]:
+    """cuDNN's and oneDNN's RNN kernels off: cuDNN's has no double backward, and on CPU the
+    native LSTM's replay (HVP and plain gradient) is faster than oneDNN's."""
+    saved = torch.backends.cudnn.enabled, torch.backends.mkldnn.enabled
+    torch.backends.cudnn.enabled = torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.enabled, torch.backends.mkldnn.enabled = saved
+
+
+def _private_iterator(loader: Any) -> Iterator[Any]:
+    """An iterator of our own: a DataLoader with persistent workers hands every ``iter()`` the
+    same iterator, which Lightning's validation loop would reset under us."""
+    if isinstance(loader, DataLoader) and loader.persistent_workers and loader.num_workers > 0:
+        return loader._get_iterator()
+    return iter(loader)
+
+
+@contextlib.contextmanager
+def _restoring_buffers(module: torch.nn.Module) -> Iterator[None]:
+    """Undo the replay's side effects on buffers (batch-norm running statistics and counters):
+    the training step already updated them once."""
+    saved = [
+        (b, b.clone())
+        for m in module.modules()
+        if not isinstance(m, Hyperparameter)
+        for b in m.buffers(recurse=False)
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, copy in saved:
+                b.copy_(copy)
+
+
 class OnlineHyperparamCallback(pl.Callback):
     """Tunes the hyperparameters a LightningModule declares, online, during ``fit``.
 
@@ -48,11 +89,16 @@ class OnlineHyperparamCallback(pl.Callback):
 
     - ``training_loss(batch) -> Tensor``: the regularized L_T(θ, λ) of one batch (its
       ``training_step`` should return it, so that both agree);
-    - ``validation_loss(batch) -> Tensor``: the unregularized L_V(θ) (computed in eval mode);
+    - ``validation_loss(batch) -> Tensor``: the unregularized L_V(θ), computed in eval mode:
+      dropout is off, and batch-norm layers normalize with their running statistics and do
+      not update them (the g_V pass leaves every buffer as it was);
     - hyperparameters as :class:`Hyperparameter` submodules (``L2Penalty``, ``WeightDecay``…);
     - optionally ``hyperopt_dataloader()`` (on the datamodule or the module): the loader g_V is
       drawn from, endlessly; by default the validation dataloader. It is independent of
       Lightning's validation loop.
+
+    Replays of models that contain an ``nn.RNNBase`` (LSTM, GRU, RNN) run with cuDNN and
+    oneDNN off, on the native kernels, which have a double backward.
 
     Args:
         method: ``Clip(radius, hyper_lr_scale)``, ``Exact(hyper_lr_scale)``,
@@ -60,6 +106,10 @@ class OnlineHyperparamCallback(pl.Callback):
             (``"clip"``, ``"exact"``, ``"unroll"``, ``"first_order"``) for the defaults.
         warmup_steps: optimizer steps before λ starts moving (the tangent moves from step 0).
         prog_bar: show each λ on the progress bar.
+        adopt_dropout: at setup, replace the model's ``nn.Dropout`` modules by
+            :class:`TunableDropout` layers (see :func:`adopt_dropout`) with one shared keep
+            probability (``"shared"``) or one per module (``"per_module"``), starting at 1 − p;
+            ``None`` leaves the model as it is.
     """
 
     def __init__(
@@ -67,16 +117,26 @@ class OnlineHyperparamCallback(pl.Callback):
         method: HyperMethod | MethodName = "clip",
         warmup_steps: int = 0,
         prog_bar: bool = True,
+        adopt_dropout: AdoptMode | None = None,
     ) -> None:
         super().__init__()
+        if adopt_dropout is not None and adopt_dropout not in ADOPT_MODES:
+            raise ValueError(
+                f"adopt_dropout={adopt_dropout!r} is not supported; accepted values: "
+                f"{ADOPT_MODES} or None"
+            )
+        self.adopt_dropout = adopt_dropout
+        self._native_rnn = False
         self.method = resolve_method(method)
         if isinstance(warmup_steps, bool) or int(warmup_steps) != warmup_steps or warmup_steps < 0:
             raise ValueError(f"warmup_steps={warmup_steps!r} must be an integer >= 0")
         self.warmup_steps = int(warmup_steps)
         self.prog_bar = prog_bar
         self.engine: TangentEngine | None = None
+        self._module: pl.LightningModule | None = None
         self._restored: dict[str, Any] | None = None
         self._stash: list[tuple[Any, Tensor, Tensor | None]] = []
+        self._pending: tuple[Any, Tensor, Tensor | None] | None = None
         self._stepped = False
         self._val_loader: Any = None
         self._val_iter: Iterator[Any] | None = None
@@ -105,6 +165,9 @@ class OnlineHyperparamCallback(pl.Callback):
                     "OnlineHyperparamCallback (training_loss: regularized L_T; validation_loss: "
                     "unregularized L_V)"
                 )
+        if self.adopt_dropout is not None:
+            # before the optimizer exists and before a checkpoint's state_dict is loaded
+            adopt_dropout(pl_module, self.adopt_dropout)
         if trainer.gradient_clip_val:
             rank_zero_warn(
                 "OnlineHyperparamCallback: gradient clipping is applied to θ's step but the "
@@ -125,20 +188,27 @@ class OnlineHyperparamCallback(pl.Callback):
             )
         optimizer = trainer.optimizers[0]
         check_optimizer(optimizer, hyperparameters.values())
-        if self._restored is None:
+        # a checkpoint's state, or this callback's own when `fit` is called again on the same
+        # model (the tuning continues; a fresh optimizer restarts only the momentum tangent)
+        state = self._restored
+        if state is None and self.engine is not None and self._module is pl_module:
+            state = self.state_dict()
+        if state is None:
             for h in hyperparameters.values():
                 if isinstance(h, WeightDecay) and h.init_from_optimizer:
                     wd = float(optimizer.param_groups[h.group]["weight_decay"])
                     h.value.fill_(min(max(wd, h.bounds[0]), h.bounds[1]))
         self.engine = TangentEngine(self.method, hyperparameters, optimizer, self.warmup_steps)
+        self._native_rnn = any(isinstance(m, torch.nn.RNNBase) for m in pl_module.modules())
+        self._module = pl_module
         self._val_loader = self._find_val_loader(trainer, pl_module)
         self._val_seed = int(torch.initial_seed()) % (2**62)
         self._val_pass, self._val_index = 0, 0
-        if self._restored is not None:
-            self.engine.load_state_dict(self._restored["engine"])
-            self._val_seed = int(self._restored["val_seed"])
-            self._val_pass = int(self._restored["val_pass"])
-            self._val_index = int(self._restored["val_index"])
+        if state is not None:
+            self.engine.load_state_dict(state["engine"])
+            self._val_seed = int(state["val_seed"])
+            self._val_pass = int(state["val_pass"])
+            self._val_index = int(state["val_index"])
             self._restored = None
         self._val_iter = None
         self._stash.clear()
@@ -167,12 +237,22 @@ class OnlineHyperparamCallback(pl.Callback):
         return loader
 
     # -------------------------------------------------------------------------- the step
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stash.clear()  # a batch skipped by `on_train_batch_start` returning -1
+
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         # the RNG state lets the replay draw the training step's own dropout masks
         cuda = torch.cuda.get_rng_state() if pl_module.device.type == "cuda" else None
-        self._stash.append((batch, torch.get_rng_state(), cuda))
+        self._pending = (batch, torch.get_rng_state(), cuda)
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # only micro-batches whose loss reached the gradient are replayed (a training_step
+        # returning None has no backward)
+        if self._pending is not None:
+            self._stash.append(self._pending)
+            self._pending = None
 
     def _replayed_losses(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
@@ -180,7 +260,8 @@ class OnlineHyperparamCallback(pl.Callback):
         devices = [pl_module.device] if pl_module.device.type == "cuda" else []
         scale = trainer.accumulate_grad_batches
         for batch, cpu_state, cuda_state in self._stash:
-            with torch.random.fork_rng(devices=devices):
+            kernels = _native_rnn_kernels() if self._native_rnn else contextlib.nullcontext()
+            with torch.random.fork_rng(devices=devices), kernels:
                 torch.set_rng_state(cpu_state)
                 if cuda_state is not None:
                     torch.cuda.set_rng_state(cuda_state, pl_module.device)
@@ -192,7 +273,12 @@ class OnlineHyperparamCallback(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         assert self.engine is not None
-        with torch.enable_grad():
+        if not self.engine.step_applies():
+            # no gradient (training_step returned None) or a non-finite one (the AMP grad
+            # scaler skips that step): θ does not move, so neither do y and λ
+            self._stash.clear()
+            return
+        with torch.enable_grad(), _restoring_buffers(pl_module):
             self.engine.advance(lambda: self._replayed_losses(trainer, pl_module))
         self._stash.clear()
         self._stepped = True
@@ -229,7 +315,7 @@ class OnlineHyperparamCallback(pl.Callback):
                     # their order lazily, at the first batch, so that batch is drawn here too.
                     with torch.random.fork_rng(devices=[]):
                         torch.manual_seed(self._val_seed + self._val_pass)
-                        self._val_iter = iter(self._val_loader)
+                        self._val_iter = _private_iterator(self._val_loader)
                         for _ in range(self._val_index):
                             next(self._val_iter)
                         batch = next(self._val_iter)
@@ -244,8 +330,15 @@ class OnlineHyperparamCallback(pl.Callback):
 
     def _validation_loss(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor:
         batch = trainer.precision_plugin.convert_input(self._next_val_batch())
-        batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
-        batch = trainer.strategy.batch_to_device(batch)
+        # the batch-transfer hooks see a validation batch (`trainer.validating`), so
+        # training-only augmentation there leaves g_V's batches alone
+        stage = trainer.state.stage
+        trainer.state.stage = RunningStage.VALIDATING
+        try:
+            batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+            batch = trainer.strategy.batch_to_device(batch)
+        finally:
+            trainer.state.stage = stage
         with _eval_mode(pl_module), trainer.precision_plugin.forward_context():
             return pl_module.validation_loss(batch)
 

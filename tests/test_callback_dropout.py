@@ -1,0 +1,228 @@
+"""Dropout keep probabilities through the callback: adoption of nn.Dropout, checkpoint/resume,
+the replay's masks, the edges of λ and the eval-mode g_V pass (float64, CPU)."""
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import NO_UPDATE, Recorder, Regression, make_trainer, regression_data
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.model_summary import ModelSummary
+from replay_probe import ReplayRecorder, hessian_vector_products
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lightning_hyperopt import (
+    Clip,
+    Exact,
+    FirstOrder,
+    KeepProbability,
+    OnlineHyperparamCallback,
+    TunableDropout,
+)
+
+
+class DropoutNet(Regression):
+    """The regression MLP with plain nn.Dropout on its input and hidden units."""
+
+    def __init__(self, p_in=0.2, p_hidden=0.2, **kwargs):
+        super().__init__("none", **kwargs)
+        self.drop_in = nn.Dropout(p_in)
+        self.drop = nn.Dropout(p_hidden)
+
+    def forward(self, x):
+        return self.second(self.drop(torch.tanh(self.first(self.drop_in(x)))))
+
+
+def loaders():
+    train, val = regression_data()
+    return DataLoader(train, batch_size=6), DataLoader(val, batch_size=64)
+
+
+def run(model, callback, max_steps, *callbacks, ckpt_path=None, **trainer_kwargs):
+    rec = Recorder()
+    trainer = make_trainer([*callbacks, callback, rec], max_steps, **trainer_kwargs)
+    trainer.fit(model, *loaders(), ckpt_path=ckpt_path)
+    return rec, trainer
+
+
+@pytest.mark.parametrize(
+    "mode, names", [("shared", ["drop_in.keep"]), ("per_module", ["drop_in.keep", "drop.keep"])]
+)
+def test_adopted_dropout_is_tuned_and_shows_in_the_summary(mode, names):
+    model = DropoutNet(p_in=0.2, p_hidden=0.2 if mode == "shared" else 0.4)
+    cb = OnlineHyperparamCallback(Clip(5.0, 1.0), adopt_dropout=mode)
+    rec, _ = run(model, cb, 8)
+    assert cb.engine.names == names
+    assert isinstance(model.drop_in, TunableDropout) and isinstance(model.drop, TunableDropout)
+    assert (model.drop_in.keep is model.drop.keep) is (mode == "shared")
+    assert rec.values[0] != [0.8] * len(names)  # moved from 1 − p at the first step
+    assert all(0.1 <= v <= 1.0 for values in rec.values for v in values)
+    summary = ModelSummary(model, max_depth=-1)
+    assert summary.layer_types.count("TunableDropout") == 2
+    assert "KeepProbability" in summary.layer_types
+
+
+class Reseed(pl.Callback):
+    """Seeds the global RNG from the step, so masks do not depend on where a run started."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        torch.manual_seed(trainer.global_step)
+
+
+def test_adoption_survives_checkpoint_and_resume(tmp_path):
+    """A fresh model with plain nn.Dropout resumes the adopted keep probabilities: the same λ
+    trajectory as an uninterrupted run."""
+    total, at = 12, 8  # 4 batches per epoch: the checkpoint ends an epoch
+
+    def resumable_run(max_steps, callbacks=(), ckpt_path=None):
+        model = DropoutNet(p_hidden=0.4)
+        cb = OnlineHyperparamCallback(Clip(5.0, 0.1), adopt_dropout="per_module")
+        rec, _ = run(
+            model,
+            cb,
+            max_steps,
+            Reseed(),
+            *callbacks,
+            enable_checkpointing=True,
+            default_root_dir=tmp_path,
+            ckpt_path=ckpt_path,
+        )
+        return rec.values, model
+
+    straight, model_straight = resumable_run(total)
+    saver = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=at, save_top_k=-1)
+    resumable_run(at, [saver])
+    ckpt = tmp_path / f"epoch=1-step={at}.ckpt"
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert {"drop_in.keep.value", "drop.keep.value"} <= set(state)
+    resumed, model_resumed = resumable_run(total, ckpt_path=str(ckpt))
+    assert straight[at] != straight[at - 1]
+    torch.testing.assert_close(torch.tensor(resumed), torch.tensor(straight[at:]), rtol=0, atol=0)
+    for name in ("drop.keep.value", "drop_in.keep.value"):
+        assert model_resumed.state_dict()[name] == model_straight.state_dict()[name]
+
+
+class InStepProbe(Regression):
+    """Computes H y on the training step's own graph (its own masks) for the callback's tangent,
+    and H y on a second forward pass (new masks) as a control."""
+
+    def __init__(self):
+        super().__init__("none")
+        self.keep = KeepProbability(0.6)
+        self.drop = TunableDropout(self.keep)
+        self.in_step, self.other_masks = [], []
+
+    def forward(self, x):
+        return self.second(self.drop(torch.tanh(self.first(x))))
+
+    def training_step(self, batch, batch_idx):
+        loss = self.training_loss(batch)
+        (cb,) = [c for c in self.trainer.callbacks if isinstance(c, OnlineHyperparamCallback)]
+        params, tangents = cb.engine.params, cb.engine.tangents
+        self.in_step.append(hessian_vector_products(loss, params, tangents))
+        self.other_masks.append(
+            hessian_vector_products(self.training_loss(batch), params, tangents)
+        )
+        return loss
+
+
+def test_replay_sees_the_training_step_masks(monkeypatch):
+    recorder = ReplayRecorder(monkeypatch)
+    model = InStepProbe()
+    run(model, OnlineHyperparamCallback(Exact(), warmup_steps=NO_UPDATE), 6)
+    assert len(recorder.drifts) == len(model.in_step) == 6
+    for step, (replayed, in_step, other) in enumerate(
+        zip(recorder.drifts, model.in_step, model.other_masks)
+    ):
+        # the keep probability has no autograd path: the replay's G is H y alone
+        torch.testing.assert_close(replayed[0], in_step[0], rtol=1e-12, atol=1e-15)
+        if step > 0:  # y_0 = 0; then H y depends on the masks
+            assert (replayed[0] - other[0]).norm() > 1e-3 * in_step[0].norm()
+
+
+@pytest.mark.parametrize("init", [1.0, 0.99, 0.1], ids=["one", "near-one", "low"])
+def test_keep_probability_stays_in_bounds_at_the_edges(init):
+    """One-sided differences at λ = 1 and at the lower bound; a huge hyper step drives λ onto
+    the bounds, and everything stays finite."""
+    model = DropoutNet(p_in=0.0, p_hidden=1 - init)
+    cb = OnlineHyperparamCallback(FirstOrder(hyper_lr=1e4), adopt_dropout="per_module")
+    rec, _ = run(model, cb, 12)
+    values = torch.tensor(rec.values)
+    assert torch.isfinite(values).all() and (values >= 0.1).all() and (values <= 1.0).all()
+    assert ((values == 1.0) | (values == 0.1)).any()
+    assert cb.engine.nonfinite == [0, 0]
+    assert all(torch.isfinite(d).all() for drift in cb.engine.drifts for d in drift)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_validation_pass_is_in_eval_mode_and_leaves_batch_norm_alone():
+    """g_V: dropout is the identity, batch norm uses its running statistics and does not
+    update them."""
+
+    class WithBatchNorm(DropoutNet):
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.BatchNorm1d(16).double()
+            self.seen = []
+
+        def forward(self, x):
+            return self.second(self.drop(self.norm(torch.tanh(self.first(self.drop_in(x))))))
+
+        def validation_loss(self, batch):
+            before = [b.clone() for b in self.norm.buffers()]
+            x = batch[0]
+            identity = torch.equal(self.drop(x), x) and torch.equal(self.drop_in(x), x)
+            loss = super().validation_loss(batch)
+            unchanged = all(torch.equal(a, b) for a, b in zip(before, self.norm.buffers()))
+            self.seen.append((self.training, identity, unchanged))
+            return loss
+
+    model = WithBatchNorm()
+    run(model, OnlineHyperparamCallback(Clip(5.0, 1.0), adopt_dropout="shared"), 3)
+    assert model.seen == [(False, True, True)] * 3
+
+
+def test_bad_adopt_dropout_argument():
+    with pytest.raises(
+        ValueError, match=r"adopt_dropout='all'.*\('shared', 'per_module'\) or None"
+    ):
+        OnlineHyperparamCallback(adopt_dropout="all")
+
+
+def test_adopting_a_model_without_dropout_fails_before_training():
+    class Counting(Regression):
+        steps = 0
+
+        def training_step(self, batch, batch_idx):
+            type(self).steps += 1
+            return super().training_step(batch, batch_idx)
+
+    with pytest.raises(ValueError, match=r"Counting has no nn\.Dropout module"):
+        run(Counting("l2"), OnlineHyperparamCallback(adopt_dropout="shared"), 3)
+    assert Counting.steps == 0
+
+
+def test_recurrent_model_with_gradient_accumulation():
+    """Every accumulated micro-batch of an RNN model is replayed on the native kernels."""
+
+    class Recurrent(Regression):
+        def __init__(self):
+            super().__init__("l2")
+            self.rnn = nn.GRU(1, 4, batch_first=True).double()
+            self.keep = KeepProbability(0.8)
+            self.drop = TunableDropout(self.keep)
+            self.replays = 0
+
+        def forward(self, x):
+            _, h = self.rnn(x.unsqueeze(-1))
+            return self.second(self.drop(torch.tanh(self.first(x)))) + h[-1].sum(1, keepdim=True)
+
+        def training_loss(self, batch):
+            self.replays += not torch.backends.mkldnn.enabled
+            return super().training_loss(batch)
+
+    model = Recurrent()
+    cb = OnlineHyperparamCallback(Clip(5.0, 0.1))
+    rec, _ = run(model, cb, 2, accumulate_grad_batches=2)
+    assert model.replays == 2 * 2 * 3  # 2 steps × 2 micro-batches × (H y, λ₊, λ₋)
+    assert len(rec.values) == 4 and rec.values[-1] != rec.values[0]
