@@ -13,26 +13,57 @@ from torch import Tensor
 Tangent = list[Tensor]
 
 
-def inner(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
-    """⟨a, b⟩ = Σᵢ sum(aᵢ · bᵢ), summed over a list of tensors (0-dim result)."""
-    return torch.stack([(x * y).sum() for x, y in zip(a, b, strict=True)]).sum()
+def _sum_except(x: Tensor, batch_dim: int) -> Tensor:
+    """Σ over every dimension of ``x`` but ``batch_dim``: shape (x.shape[batch_dim],)."""
+    return x.movedim(batch_dim, 0).reshape(x.shape[batch_dim], -1).sum(1)
 
 
-def global_norm(tensors: Sequence[Tensor]) -> Tensor:
-    """‖x‖ = sqrt(Σᵢ ‖xᵢ‖²) over a list of tensors (0-dim result)."""
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+def _along(v: Tensor, like: Tensor, batch_dim: int) -> Tensor:
+    """The 1-dim ``v`` shaped to broadcast against ``like`` along ``batch_dim``."""
+    shape = [1] * like.dim()
+    shape[batch_dim] = -1
+    return v.reshape(shape)
 
 
-def project_l2_ball(tangent: Sequence[Tensor], radius: float) -> tuple[Tangent, Tensor, Tensor]:
+def inner(a: Sequence[Tensor], b: Sequence[Tensor], batch_dim: int | None = None) -> Tensor:
+    """⟨a, b⟩ = Σᵢ sum(aᵢ · bᵢ), summed over a list of tensors (0-dim result).
+
+    With ``batch_dim``, each index along that dimension of every tensor is a separate problem:
+    the result holds one inner product per index (1-dim).
+    """
+    pairs = zip(a, b, strict=True)
+    if batch_dim is None:
+        return torch.stack([(x * y).sum() for x, y in pairs]).sum()
+    return torch.stack([_sum_except(x * y, batch_dim) for x, y in pairs]).sum(0)
+
+
+def global_norm(tensors: Sequence[Tensor], batch_dim: int | None = None) -> Tensor:
+    """‖x‖ = sqrt(Σᵢ ‖xᵢ‖²) over a list of tensors (0-dim result).
+
+    With ``batch_dim``: one norm per index along that dimension (1-dim), as in :func:`inner`.
+    """
+    if batch_dim is None:
+        norms = torch.stack([torch.linalg.vector_norm(t) for t in tensors])
+        return torch.linalg.vector_norm(norms)
+    return torch.sqrt(inner(tensors, tensors, batch_dim))
+
+
+def project_l2_ball(
+    tangent: Sequence[Tensor], radius: float, batch_dim: int | None = None
+) -> tuple[Tangent, Tensor, Tensor]:
     """P_B(r)(y) = y · r / max(‖y‖, r): projection on the L2 ball of radius r.
 
     Branch-free: y = 0 maps to 0 and a point on the ball maps to itself. ``radius`` must be
     finite and positive (the exact method skips projection instead of using r = ∞).
     Returns the projected tangent, ‖y‖ before projection, and whether it was clipped.
+    With ``batch_dim``, each index along that dimension is projected on its own ball (row-wise,
+    for independent problems stacked in one tensor); the norms and flags are then 1-dim.
     """
-    norm = global_norm(tangent)
+    norm = global_norm(tangent, batch_dim)
     scale = radius / torch.clamp(norm, min=radius)
-    return [t * scale for t in tangent], norm, norm > radius
+    if batch_dim is None:
+        return [t * scale for t in tangent], norm, norm > radius
+    return [t * _along(scale, t, batch_dim) for t in tangent], norm, norm > radius
 
 
 def tangent_drift(

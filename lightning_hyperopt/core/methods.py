@@ -45,9 +45,15 @@ class HyperMethod:
         """Whether λ is updated after optimizer step ``step`` (warm-up aside)."""
         return True
 
-    def project(self, tangent: Sequence[Tensor]) -> tuple[Tangent, Tensor, Tensor | None]:
-        """P(y): returns the new tangent, ‖y‖ before P, and whether y was clipped (or None)."""
-        return list(tangent), global_norm(tangent), _NO_CLIP
+    def project(
+        self, tangent: Sequence[Tensor], batch_dim: int | None = None
+    ) -> tuple[Tangent, Tensor, Tensor | None]:
+        """P(y): returns the new tangent, ‖y‖ before P, and whether y was clipped (or None).
+
+        ``batch_dim``: independent problems stacked along that dimension are projected
+        row-wise (see :func:`~lightning_hyperopt.core.functional.project_l2_ball`).
+        """
+        return list(tangent), global_norm(tangent, batch_dim), _NO_CLIP
 
     def hyper_step(self, lr: float) -> float:
         """The hyper step α_t given the parameter learning rate η_t."""
@@ -79,8 +85,10 @@ class Clip(HyperMethod):
         self.radius = radius
         self.hyper_lr_scale = _check_scale("hyper_lr_scale", hyper_lr_scale)
 
-    def project(self, tangent: Sequence[Tensor]) -> tuple[Tangent, Tensor, Tensor | None]:
-        return project_l2_ball(tangent, self.radius)
+    def project(
+        self, tangent: Sequence[Tensor], batch_dim: int | None = None
+    ) -> tuple[Tangent, Tensor, Tensor | None]:
+        return project_l2_ball(tangent, self.radius, batch_dim)
 
     def hyper_step(self, lr: float) -> float:
         return self.hyper_lr_scale * lr

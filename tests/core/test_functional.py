@@ -90,3 +90,44 @@ def test_sgd_tangent_step_is_the_derivative_of_torch_sgd():
     y, z = sgd_tangent_step([torch.zeros(4, dtype=f64)], None, [dg1], first_step=True, **cfg)
     y, z = sgd_tangent_step(y, z, [dg2], **cfg)
     torch.testing.assert_close(y[0], fd, rtol=1e-8, atol=1e-10)
+
+
+def test_batch_dim_treats_each_row_as_its_own_problem():
+    """inner/global_norm/project_l2_ball with batch_dim equal the per-row results."""
+    torch.manual_seed(1)
+    a = [torch.randn(4, 3, dtype=f64), torch.randn(2, 4, dtype=f64)]  # rows: dim 0, then dim 1
+    b = [torch.randn(4, 3, dtype=f64), torch.randn(2, 4, dtype=f64)]
+    a_rows = [[a[0][r], a[1][:, r]] for r in range(4)]
+    b_rows = [[b[0][r], b[1][:, r]] for r in range(4)]
+    # tensors batched along different dims: move them to one layout first
+    a_t = [a[0], a[1].T]
+    b_t = [b[0], b[1].T]
+    expected_inner = torch.stack([inner(x, y) for x, y in zip(a_rows, b_rows)])
+    torch.testing.assert_close(inner(a_t, b_t, batch_dim=0), expected_inner, rtol=1e-15, atol=0)
+    torch.testing.assert_close(
+        global_norm(a, batch_dim=None), global_norm([t for row in a_rows for t in row])
+    )
+    norms = torch.stack([global_norm(x) for x in a_rows])
+    torch.testing.assert_close(global_norm(a_t, batch_dim=0), norms, rtol=1e-15, atol=0)
+    radius = float(norms.median())
+    out, norm, clipped = project_l2_ball(a_t, radius, batch_dim=0)
+    torch.testing.assert_close(norm, norms, rtol=1e-15, atol=0)
+    for r, row in enumerate(a_rows):
+        want, _, was_clipped = project_l2_ball(row, radius)
+        torch.testing.assert_close(out[0][r], want[0], rtol=1e-15, atol=0)
+        torch.testing.assert_close(out[1][r], want[1], rtol=1e-15, atol=0)
+        assert bool(clipped[r]) is bool(was_clipped)
+    # batched along dim 1 gives the same as the transposed layout
+    out1, _, _ = project_l2_ball([a[1]], radius, batch_dim=1)
+    out0, _, _ = project_l2_ball([a[1].T], radius, batch_dim=0)
+    torch.testing.assert_close(out1[0].T, out0[0], rtol=1e-15, atol=0)
+
+
+def test_batch_dim_zero_rows_stay_zero():
+    ys = [torch.zeros(3, 5, dtype=f64)]
+    out, norm, clipped = project_l2_ball(ys, 1.0, batch_dim=0)
+    assert (
+        torch.equal(out[0], ys[0])
+        and not clipped.any()
+        and torch.equal(norm, torch.zeros(3, dtype=f64))
+    )

@@ -1,0 +1,212 @@
+"""Command line of the benchmarks (``python -m lightning_hyperopt.bench`` or
+``lightning-hyperopt-bench``): one subcommand per table, plus the cost benchmark."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+
+def _schedule(text: str) -> tuple[tuple[int, float], ...]:
+    """``"20000:1e-3,20000:1e-4"`` → ((20000, 1e-3), (20000, 1e-4))."""
+    try:
+        phases = tuple((int(n), float(lr)) for n, lr in (p.split(":") for p in text.split(",")))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"--schedule {text!r}: expected STEPS:LR[,STEPS:LR...], e.g. 20000:1e-3,20000:1e-4"
+        ) from err
+    if not phases or any(n < 1 or not lr > 0 for n, lr in phases):
+        raise argparse.ArgumentTypeError(f"--schedule {text!r}: steps >= 1 and lr > 0 needed")
+    return phases
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(t) for t in _names(text)]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers") from err
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--smoke", action="store_true", help="a tiny scale of the same protocol")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .quadratic import TABLE1_METHODS
+    from .training import EXPERIMENTS
+
+    parser = argparse.ArgumentParser(prog="lightning-hyperopt-bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t1 = sub.add_parser("table1", help="the quadratic problem (Table 1), vectorized")
+    _common(t1)
+    t1.add_argument("--repeats", type=int, default=50)
+    t1.add_argument("--dim", type=int, default=20)
+    t1.add_argument("--seed", type=int, default=0, help="sampling seed of the problems")
+    t1.add_argument(
+        "--schedule",
+        type=_schedule,
+        default=None,
+        help="STEPS:LR phases (default the paper's 20000:1e-3,20000:1e-4)",
+    )
+    t1.add_argument("--init-lambda", type=float, default=0.3)
+    t1.add_argument("--warmup", type=int, default=0)
+    t1.add_argument(
+        "--methods",
+        type=_names,
+        default=None,
+        help=f"comma-separated subset of {list(TABLE1_METHODS)}",
+    )
+
+    for name, exp in EXPERIMENTS.items():
+        t = sub.add_parser(name, help=exp.description)
+        _common(t)
+        t.add_argument("--data-dir", type=Path, default=Path(exp.default_data_dir))
+        t.add_argument(
+            "--steps",
+            type=int,
+            default=None,
+            help=f"training steps per run (default {exp.default_steps})",
+        )
+        t.add_argument(
+            "--starts",
+            type=int,
+            default=None,
+            help=f"initial values per method (default {len(exp.starts)})",
+        )
+        t.add_argument(
+            "--init-values",
+            type=_floats,
+            default=None,
+            help="explicit initial λ values, for the online rows and the fixed grid alike",
+        )
+        t.add_argument("--val-every", type=int, default=None, help="steps between validations")
+        t.add_argument(
+            "--methods",
+            type=_names,
+            default=None,
+            help=f"comma-separated subset of {[r.label for r in exp.rows]}",
+        )
+        t.add_argument("--gpu", action="store_true", help="train on the GPU (accelerator=gpu)")
+        t.add_argument(
+            "--hyper-scale",
+            type=float,
+            default=1.0,
+            help="multiply every method's hyper step (runs shorter than the configs' horizon)",
+        )
+        t.add_argument(
+            "--overlay",
+            action="append",
+            type=Path,
+            default=[],
+            help="a YAML overlay merged after the method's (e.g. examples/configs/ptb/medium.yaml)",
+        )
+        t.add_argument(
+            "--resume",
+            action="store_true",
+            help="keep the runs already in OUT/runs.jsonl and skip them",
+        )
+        t.add_argument(
+            "--extra",
+            action="append",
+            default=[],
+            help="config override for every run: model.init_args.lr=0.05",
+        )
+
+    c = sub.add_parser("cost", help="time per step and peak memory: callback vs plain training")
+    _common(c)
+    c.add_argument("--data-dir", type=Path, default=Path("../shared/data/mnist"))
+    c.add_argument("--ptb-dir", type=Path, default=Path("../shared/data/ptb"))
+    c.add_argument("--models", type=_names, default=["mlp"], help="mlp and/or lstm")
+    c.add_argument("--extra", action="append", default=[], help="config override for every fit")
+    c.add_argument("--gpu", action="store_true", help="train on the GPU (accelerator=gpu)")
+    c.add_argument(
+        "--overlay", action="append", type=Path, default=[], help="LSTM overlay (medium.yaml)"
+    )
+    c.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median taken)")
+    c.add_argument("--steps", type=int, default=60, help="timed steps per round and method")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse ``argv`` and run the chosen benchmark."""
+    args = build_parser().parse_args(argv)
+    if args.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    from .records import quiet_lightning
+
+    quiet_lightning()
+    show = not args.no_progress
+    if args.command == "table1":
+        from .quadratic import PAPER_SCHEDULE, run_table1
+
+        schedule = args.schedule or PAPER_SCHEDULE
+        repeats = args.repeats
+        if args.smoke:
+            schedule, repeats = tuple((max(1, n // 100), lr) for n, lr in schedule), 5
+        run_table1(
+            args.out,
+            repeats=repeats,
+            dim=args.dim,
+            seed=args.seed,
+            schedule=schedule,
+            init_lambda=args.init_lambda,
+            warmup_steps=args.warmup,
+            methods=args.methods,
+            record_every=max(1, sum(n for n, _ in schedule) // 400),
+            show_progress=show,
+        )
+        print((args.out / "table.md").read_text())
+    elif args.command == "cost":
+        from .cost import run_cost
+
+        run_cost(
+            args.out,
+            models=args.models,
+            mnist_dir=args.data_dir,
+            ptb_dir=args.ptb_dir,
+            rounds=args.rounds,
+            steps=args.steps,
+            smoke=args.smoke,
+            show_progress=show,
+            extra=args.extra,
+            gpu=args.gpu,
+            overlays=args.overlay,
+        )
+        print((args.out / "cost.md").read_text())
+    else:
+        from .training import EXPERIMENTS, run_experiment
+
+        run_experiment(
+            EXPERIMENTS[args.command],
+            args.out,
+            data_dir=args.data_dir,
+            steps=args.steps,
+            starts=args.starts,
+            val_every=args.val_every,
+            methods=args.methods,
+            smoke=args.smoke,
+            gpu=args.gpu,
+            resume=args.resume,
+            extra=args.extra,
+            overlays=args.overlay,
+            hyper_scale=args.hyper_scale,
+            init_values=args.init_values,
+            show_progress=show,
+        )
+        print((args.out / "table.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

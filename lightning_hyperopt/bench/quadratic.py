@@ -1,0 +1,313 @@
+"""Table 1 of the paper: the quadratic problem, vectorized over the repeats, on the core engine.
+
+The R repeats are stacked in one (R, d) parameter θ with one λ_r per row, and
+L = Σ_r L_T,r(θ_r, λ_r). The Hessian of L is block-diagonal, so ONE double back-prop of
+⟨∇_θ L, y⟩ + Σ_r ∂L/∂λ_r gives every row's H_r y_r + ∂g_r/∂λ_r at once: the drift comes from
+:func:`~lightning_hyperopt.core.functional.tangent_drift` with a 0-dim "shift" s = 0 added to
+every λ_r (∂L/∂s = Σ_r ∂L/∂λ_r). The tangent step, the method's resets, row-wise projection
+and hyper step, and the λ update are the core's (:mod:`lightning_hyperopt.core`), in the order
+:class:`~lightning_hyperopt.core.engine.TangentEngine` applies them; a test checks that both
+give the same λ trajectory.
+
+Protocol (paper, Table 1): d = 20, H diagonal, 50 repeats; 20K steps of plain SGD at η = 1e-3
+(→ θ₁, λ₁), then 20K at η = 1e-4 (→ θ₂, λ₂); hyper step 0.1η. Metrics: mean |λᵢ − λ*| and the
+mean relative increase of L_V(θᵢ) over L_V(θ*(λ*)). The paper leaves the sampling, λ₀ and the
+warm-up open: the sampling is :func:`~lightning_hyperopt.problems.quadratic.sample_quadratic`'s,
+λ₀ = ``init_lambda`` (0.3 by default, the middle of the λ* range) and there is no warm-up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_hyperopt.core.functional import (
+    hyperparameter_step,
+    inner,
+    sgd_tangent_step,
+    tangent_drift,
+)
+from lightning_hyperopt.core.methods import Clip, Exact, FirstOrder, HyperMethod, Unroll
+from lightning_hyperopt.problems.quadratic import QuadraticInstance, sample_quadratic
+
+from .records import RunLog, environment, fmt, markdown_table, progress, write_json
+
+#: the rows of Table 1 (hyper step c·η with c = 0.1), plus the exact tangent and Unroll1-gTgV.
+#: Unroll1-gTgV has no η factor: its constant α = 1e-4 is 0.1·η of the first phase.
+TABLE1_METHODS: dict[str, Callable[[], HyperMethod]] = {
+    "Unroll1-gTgV": lambda: FirstOrder(hyper_lr=1e-4),
+    "Unroll1": lambda: Unroll(1, 0.1),
+    "Unroll5": lambda: Unroll(5, 0.1),
+    "Unroll10": lambda: Unroll(10, 0.1),
+    "Clip2": lambda: Clip(2.0, 0.1),
+    "Clip5": lambda: Clip(5.0, 0.1),
+    "Exact (R=∞)": lambda: Exact(0.1),
+}
+#: the paper's Table 1: (mean |λ₁ − λ*|, mean |λ₂ − λ*|, L_V increase at 1, at 2) in %
+PAPER_TABLE1: dict[str, tuple[float, float, float, float]] = {
+    "Unroll1": (0.047, 0.047, 0.77, 0.77),
+    "Unroll5": (0.039, 0.045, float("nan"), float("nan")),
+    "Unroll10": (0.032, 0.044, float("nan"), float("nan")),
+    "Clip2": (0.012, 0.012, 0.07, 0.07),
+    "Clip5": (0.000, 0.000, 0.00, 0.00),
+}
+#: the paper's schedule: (steps, η) per phase
+PAPER_SCHEDULE: tuple[tuple[int, float], ...] = ((20_000, 1e-3), (20_000, 1e-4))
+
+
+@dataclass
+class VectorizedRun:
+    """What :func:`run_vectorized` returns: snapshots of (θ, λ) and the clipping rate."""
+
+    steps: list[int] = field(default_factory=list)  # step count after which each snapshot was taken
+    thetas: list[Tensor] = field(default_factory=list)  # (R, d) each
+    lambdas: list[Tensor] = field(default_factory=list)  # (R,) each
+    clipped: list[float] = field(default_factory=list)  # share of clipped rows since the last one
+    phase_ends: list[int] = field(default_factory=list)  # index of each phase's last snapshot
+    seconds: float = 0.0
+
+
+def run_vectorized(
+    problem: QuadraticInstance,
+    method: HyperMethod,
+    schedule: Sequence[tuple[int, float]],
+    init_lambda: float,
+    warmup_steps: int = 0,
+    bounds: tuple[float, float] = (0.0, 10.0),
+    record_every: int = 1,
+    show_progress: bool = False,
+    desc: str = "",
+) -> VectorizedRun:
+    """Tune λ_r online on each of the R stacked problems of ``problem`` (tensors (R, d)).
+
+    Plain SGD from θ = 0, y = 0, λ = ``init_lambda``; ``schedule`` lists (steps, η) phases.
+    Per step t, as :class:`TangentEngine` does: reset y if the method says so; y ← P(y − η G)
+    with G = H y + ∂g/∂λ (first order: keep G = ∂g/∂λ); θ ← θ − η g; then, after the warm-up
+    and when the method updates, λ ← clip(λ − α ⟨g_V(θ), y⟩) row by row (first order:
+    ⟨g_V, −G⟩). Snapshots are taken every ``record_every`` steps and at each phase's end.
+    """
+    if record_every < 1:
+        raise ValueError(f"record_every={record_every!r} must be an integer >= 1")
+    theta0 = torch.zeros_like(problem.theta_bar)
+    theta = theta0.clone().requires_grad_(True)
+    lam = torch.full(problem.lambda_star.shape, float(init_lambda), dtype=theta.dtype)
+    shift = torch.zeros((), dtype=theta.dtype, requires_grad=True)
+    y = torch.zeros_like(theta0)
+    run = VectorizedRun()
+    clipped_sum, clipped_n = 0.0, 0
+    lrs = [lr for n_steps, lr in schedule for _ in range(n_steps)]
+    phase_ends, total = set(), 0
+    for n_steps, _ in schedule:
+        total += n_steps
+        phase_ends.add(total)
+    start = time.perf_counter()
+    for step, lr in progress(enumerate(lrs), len(lrs), desc, show_progress):
+        if method.resets_at(step):
+            y = torch.zeros_like(theta0)
+        loss = problem.training_loss(theta, lam + shift).sum()
+        (g,) = torch.autograd.grad(loss, theta, retain_graph=True)
+        tangents = [[y]] if method.uses_tangent else [None]
+        ((drift,),) = tangent_drift(loss, [theta], [shift], tangents)
+        if method.uses_tangent:
+            (y,), _ = sgd_tangent_step([y], None, [drift], lr)
+            (y,), _, clipped = method.project([y], batch_dim=0)
+            if clipped is not None:
+                clipped_sum += float(clipped.double().mean())
+                clipped_n += 1
+        with torch.no_grad():
+            theta -= lr * g
+        if step >= warmup_steps and method.updates_at(step):
+            (g_val,) = torch.autograd.grad(problem.validation_loss(theta).sum(), theta)
+            direction = y if method.uses_tangent else -drift
+            hypergradient = inner([g_val], [direction], batch_dim=0)
+            alpha = method.hyper_step(lr)
+            lam = hyperparameter_step(lam, hypergradient, alpha, "identity", bounds)
+        done = step + 1
+        if done % record_every == 0 or done in phase_ends:
+            run.steps.append(done)
+            run.thetas.append(theta.detach().clone())
+            run.lambdas.append(lam.detach().clone())
+            run.clipped.append(clipped_sum / clipped_n if clipped_n else float("nan"))
+            clipped_sum, clipped_n = 0.0, 0
+        if done in phase_ends:
+            run.phase_ends.append(len(run.steps) - 1)
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+def first_order_fixed_point(problem: QuadraticInstance) -> Tensor:
+    """The λ where the first-order hypergradient ⟨g_V(θ*(λ)), ∂g_T/∂λ⟩ vanishes (Unroll1 and
+    Unroll1-gTgV stop there): with θ*(λ) = θ̄/(1+λ), 1 + λ = θ̄ᵀH²θ̄ / θ̃ᵀH²θ̄."""
+    h2 = problem.h * problem.h
+    num = (problem.theta_bar * h2 * problem.theta_bar).sum(-1)
+    den = (problem.theta_tilde * h2 * problem.theta_bar).sum(-1)
+    return num / den - 1
+
+
+def phase_metrics(problem: QuadraticInstance, theta: Tensor, lam: Tensor) -> dict[str, float]:
+    """Mean |λ − λ*| and mean relative increase of L_V(θ) over L_V(θ*(λ*)) across repeats."""
+    best = problem.validation_loss(problem.theta_star(problem.lambda_star))
+    increase = problem.validation_loss(theta) / best - 1
+    return {
+        "abs_lambda_error": float((lam - problem.lambda_star).abs().mean()),
+        "max_abs_lambda_error": float((lam - problem.lambda_star).abs().max()),
+        "val_loss_increase": float(increase.mean()),
+    }
+
+
+def run_table1(
+    out: Path,
+    repeats: int = 50,
+    dim: int = 20,
+    seed: int = 0,
+    schedule: Sequence[tuple[int, float]] = PAPER_SCHEDULE,
+    init_lambda: float = 0.3,
+    warmup_steps: int = 0,
+    methods: Sequence[str] | None = None,
+    record_every: int = 100,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Run Table 1 end to end; writes ``table.md``, ``runs.jsonl``, ``summary.json`` and
+    ``table1.png`` into ``out`` and returns the summary."""
+    names = list(TABLE1_METHODS) if methods is None else list(methods)
+    unknown = [m for m in names if m not in TABLE1_METHODS]
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; accepted values: {list(TABLE1_METHODS)}")
+    problem = sample_quadratic(dim, repeats, seed)
+    log = RunLog(out)
+    start = time.perf_counter()
+    curves: dict[str, dict[str, list[float]]] = {}
+    rows: dict[str, list[dict[str, float]]] = {}
+    for name in progress(names, len(names), "table1", show_progress):
+        method = TABLE1_METHODS[name]()
+        run = run_vectorized(
+            problem,
+            method,
+            schedule,
+            init_lambda,
+            warmup_steps,
+            record_every=record_every,
+            show_progress=show_progress,
+            desc=name,
+        )
+        rows[name] = [phase_metrics(problem, run.thetas[i], run.lambdas[i]) for i in run.phase_ends]
+        curves[name] = _curves(problem, run)
+        log.add(
+            {
+                "key": name,
+                "method": name,
+                "method_repr": repr(method),
+                "seed": seed,
+                "repeats": repeats,
+                "dim": dim,
+                "schedule": schedule,
+                "init_lambda": init_lambda,
+                "warmup_steps": warmup_steps,
+                "phases": rows[name],
+                "lambda_final": run.lambdas[-1],
+                "lambda_star": problem.lambda_star,
+                "curves": curves[name],
+                "wall_s": run.seconds,
+            }
+        )
+    summary = {
+        "environment": environment(),
+        "protocol": {
+            "repeats": repeats,
+            "dim": dim,
+            "seed": seed,
+            "schedule": schedule,
+            "init_lambda": init_lambda,
+            "warmup_steps": warmup_steps,
+        },
+        "first_order_fixed_point_error": float(
+            (first_order_fixed_point(problem) - problem.lambda_star).abs().mean()
+        ),
+        "rows": rows,
+        "wall_s": time.perf_counter() - start,
+    }
+    write_json(out / "summary.json", summary)
+    (out / "table.md").write_text(table1_markdown(summary))
+    from .plots import plot_curves
+
+    plot_curves(
+        {name: {k: (curves[name]["step"], v) for k, v in curves[name].items()} for name in names},
+        panels=[
+            ("abs_lambda_error", "mean |λ − λ*|", "log"),
+            ("train_loss", "mean L_T(θ, λ)", "log"),
+            ("val_loss_increase", "L_V(θ) / L_V(θ*(λ*)) − 1", "log"),
+        ],
+        title=f"Quadratic problem, {repeats} repeats (d = {dim}); η changes at the dashed line",
+        path=out / "table1.png",
+        vlines=[s for s, _ in _phase_boundaries(schedule)],
+    )
+    return summary
+
+
+def _phase_boundaries(schedule: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
+    ends, total = [], 0
+    for n, lr in schedule[:-1]:
+        total += n
+        ends.append((total, lr))
+    return ends
+
+
+def _curves(problem: QuadraticInstance, run: VectorizedRun) -> dict[str, list[float]]:
+    """Repeat-averaged curves at every snapshot (for the plots and the JSON record)."""
+    out: dict[str, list[float]] = {
+        "step": [float(s) for s in run.steps],
+        "lambda_mean": [],
+        "abs_lambda_error": [],
+        "train_loss": [],
+        "val_loss_increase": [],
+        "clipped": list(run.clipped),
+    }
+    for theta, lam in zip(run.thetas, run.lambdas):
+        m = phase_metrics(problem, theta, lam)
+        out["lambda_mean"].append(float(lam.mean()))
+        out["abs_lambda_error"].append(m["abs_lambda_error"])
+        out["val_loss_increase"].append(m["val_loss_increase"])
+        out["train_loss"].append(float(problem.training_loss(theta, lam).mean()))
+    return out
+
+
+def table1_markdown(summary: Mapping[str, Any]) -> str:
+    """Table 1 in the paper's format, with the paper's numbers beside ours."""
+    header = [
+        "Method",
+        "mean |λ₁ − λ*|",
+        "mean |λ₂ − λ*|",
+        "L_V(θ₁) increase",
+        "L_V(θ₂) increase",
+        "paper |λ₁ − λ*|, |λ₂ − λ*|",
+        "paper increase",
+    ]
+    body = []
+    for name, (p1, p2) in summary["rows"].items():
+        paper = PAPER_TABLE1.get(name)
+        body.append(
+            [
+                name,
+                fmt(p1["abs_lambda_error"]),
+                fmt(p2["abs_lambda_error"]),
+                f"{100 * p1['val_loss_increase']:+.2f}%",
+                f"{100 * p2['val_loss_increase']:+.2f}%",
+                "—" if paper is None else f"{paper[0]:.3f}, {paper[1]:.3f}",
+                "—" if paper is None or paper[2] != paper[2] else f"+{paper[2]:.2f}%",
+            ]
+        )
+    p = summary["protocol"]
+    phases = ", then ".join(f"{n} steps at η = {lr:g}" for n, lr in p["schedule"])
+    note = (
+        f"\n{p['repeats']} repeats, d = {p['dim']}, sampling seed {p['seed']}; {phases}; hyper "
+        f"step 0.1η; λ₀ = {p['init_lambda']}, warm-up {p['warmup_steps']}. First-order fixed "
+        f"point (where Unroll1 and Unroll1-gTgV stop): mean |λ_FO − λ*| = "
+        f"{summary['first_order_fixed_point_error']:.3f}. Wall time {summary['wall_s']:.0f} s.\n"
+    )
+    return markdown_table(header, body) + note

@@ -1,0 +1,128 @@
+"""The MLP of the paper's MNIST experiment (Table 2), with an L2 penalty on its weights.
+
+    L_T(θ, λ) = mean cross-entropy + (λ/2) Σ_layers ‖W‖²      (biases are not penalized)
+    L_V(θ)    = mean cross-entropy
+
+trained by plain SGD with an exponentially decaying learning rate η_t = η₀ (η_end/η₀)^(t/T).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from lightning_hyperopt.core.hyperparameters import L2Penalty, Parameterization
+
+
+def _positive(name: str, value: float) -> float:
+    value = float(value)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name}={value!r} must be a finite number > 0")
+    return value
+
+
+class MLP(pl.LightningModule):
+    """A ReLU MLP classifier (784-100-100-100-10 by default) with a tunable L2 penalty λ.
+
+    ``self.l2`` is the :class:`L2Penalty` the :class:`OnlineHyperparamCallback` tunes; without
+    the callback it is a fixed λ (the grid baseline).
+
+    Args:
+        l2: λ₀, the L2 coefficient (its value at the start of training).
+        in_features: input size (784 for flattened MNIST).
+        hidden: sizes of the hidden layers.
+        num_classes: output size.
+        lr: η₀, the SGD learning rate at step 0.
+        final_lr: η_T, the learning rate reached after ``decay_steps`` steps (exponential decay,
+            stepped every optimizer step); equal to ``lr`` for a constant rate.
+        decay_steps: T; ``None`` takes the trainer's ``max_steps``.
+        momentum: SGD momentum (the paper uses plain SGD: 0).
+        parameterization: how the tuner steps λ (``"identity"``: λ itself, clamped at 0;
+            ``"log"``: log λ, which needs ``min_l2 > 0``).
+        min_l2: lower bound of λ.
+        seed: seed of the weight initialization (``None``: the global RNG).
+    """
+
+    def __init__(
+        self,
+        l2: float = 1e-3,
+        in_features: int = 784,
+        hidden: Sequence[int] = (100, 100, 100),
+        num_classes: int = 10,
+        lr: float = 0.1,
+        final_lr: float = 0.01,
+        decay_steps: int | None = None,
+        momentum: float = 0.0,
+        parameterization: Parameterization = "identity",
+        min_l2: float = 0.0,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.lr = _positive("lr", lr)
+        self.final_lr = _positive("final_lr", final_lr)
+        if decay_steps is not None and (isinstance(decay_steps, bool) or decay_steps < 1):
+            raise ValueError(f"decay_steps={decay_steps!r} must be an integer >= 1 or None")
+        self.decay_steps = decay_steps
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum={momentum!r} must be in [0, 1)")
+        self.momentum = float(momentum)
+        sizes = [in_features, *hidden, num_classes]
+        if any(isinstance(s, bool) or int(s) != s or s < 1 for s in sizes):
+            raise ValueError(
+                f"in_features, hidden and num_classes must be integers >= 1, got {sizes}"
+            )
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
+        self.l2 = L2Penalty(l2, bounds=(min_l2, math.inf), parameterization=parameterization)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
+        return self.layers[-1](x)
+
+    def weights(self) -> list[Tensor]:
+        """The penalized parameters: every layer's weight matrix (not the biases)."""
+        return [layer.weight for layer in self.layers]
+
+    def validation_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """L_V: the mean cross-entropy of a batch, unregularized."""
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def training_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """L_T(θ, λ): the mean cross-entropy plus (λ/2) Σ ‖W‖²."""
+        return self.validation_loss(batch) + self.l2(self.weights())
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = self.training_loss(batch)
+        self.log("train_loss", loss.detach(), on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.log("val_loss", self.validation_loss(batch), on_step=False, on_epoch=True)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.log("test_loss", self.validation_loss(batch), on_step=False, on_epoch=True)
+
+    def configure_optimizers(self) -> dict:
+        steps = self.decay_steps or self.trainer.max_steps
+        if steps is None or steps < 1:
+            raise ValueError(
+                "MLP: set decay_steps or trainer.max_steps (the learning-rate decay horizon)"
+            )
+        gamma = (self.final_lr / self.lr) ** (1.0 / steps)
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum)
+        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

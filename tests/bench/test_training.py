@@ -1,0 +1,196 @@
+"""Tables 2 and 3 and the cost benchmark at smoke scale, on tiny generated data.
+
+They check that every output is produced and sane, not that the numbers match the paper.
+"""
+
+import json
+import math
+
+import pytest
+import yaml
+from data.test_mnist import write_mnist
+from data.test_ptb import write_corpus
+
+from lightning_hyperopt.bench.cli import main
+from lightning_hyperopt.bench.training import MNIST, PTB, Row, compose_config, summarize
+
+MNIST_EXTRA = ["data.init_args.verify=false", "data.init_args.download=false"]
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mnist")
+    write_mnist(folder, n_train=200, n_test=20)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ptb_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ptb")
+    words = [f"w{i}" for i in range(30)]
+    lines = [
+        " " + " ".join(words[(3 * i + j * j) % 30] for j in range(8)) + " \n" for i in range(60)
+    ]
+    write_corpus(
+        folder,
+        {"train": "".join(lines), "valid": "".join(lines[:20]), "test": "".join(lines[20:40])},
+    )
+    return folder
+
+
+def records(out):
+    return [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+
+
+def test_table2_smoke(tmp_path, mnist_dir):
+    out = tmp_path / "t2"
+    args = ["table2", "--out", str(out), "--data-dir", str(mnist_dir), "--smoke", "--no-progress"]
+    main([*args, *[f"--extra={e}" for e in MNIST_EXTRA]])
+    runs = records(out)
+    # 1 start × (fixed grid + 7 online rows)
+    assert len(runs) == 8 and {r["row"] for r in runs} == {row.label for row in MNIST.rows}
+    for r in runs:
+        assert r["steps"] == 12 and r["val"]["step"] == [6, 12]
+        assert all(math.isfinite(v) for v in r["val"]["val_loss"] + r["curves"]["train_loss"])
+        assert math.isfinite(r["test_loss"]) and r["fit_s"] > 0
+        lam = r["curves"]["lambda/l2"]
+        assert len(lam) == len(r["curves"]["step"]) and all(v >= 0 for v in lam)
+        assert r["config"]["model"]["init_args"]["l2"] == r["init"]
+        if r["row"] == "Fixed λ":
+            assert r["method"] is None and set(lam) == {r["init"]}
+        else:
+            assert r["method"].startswith(("Clip", "Unroll", "FirstOrder"))
+    clip20 = next(r for r in runs if r["row"] == "Clip20")
+    assert "radius=20.0" in clip20["method"]
+    table = (out / "table.md").read_text()
+    for label in ("Fixed λ", "Unroll1-gTgV", "Unroll10", "Clip20", "Time to quality"):
+        assert label in table
+    assert (out / "lambda_all.png").stat().st_size > 5_000
+    assert len(list(out.glob("curves_*.png"))) == 1
+    # every run's merged config is saved and is a complete LightningCLI config
+    config = yaml.safe_load((out / "configs" / "Clip5_1e-06_seed0.yaml").read_text())
+    assert config["trainer"]["max_steps"] == 12
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["protocol"]["steps"] == 12 and summary["environment"]["torch_threads"] == 1
+
+
+def test_table3_smoke(tmp_path, ptb_dir):
+    out = tmp_path / "t3"
+    extra = [
+        "data.init_args.verify=false",
+        "data.init_args.download=false",
+        "data.init_args.batch_size=2",
+        "data.init_args.bptt=5",
+        "data.init_args.eval_batch_size=2",
+        "model.init_args.hidden_size=8",
+        "model.init_args.vocab_size=40",
+    ]
+    main(
+        [
+            "table3",
+            "--out",
+            str(out),
+            "--data-dir",
+            str(ptb_dir),
+            "--smoke",
+            "--no-progress",
+            "--methods",
+            "Fixed λ,Unroll1-gTgV,Unroll5,Clip5",
+            *[f"--extra={e}" for e in extra],
+        ]
+    )
+    runs = records(out)
+    assert [r["row"] for r in runs[:4]] == ["Fixed λ", "Unroll1-gTgV", "Unroll5", "Clip5"]
+    assert len(runs) == 3 + 3  # the paper's 3 fixed keep probabilities, 1 start per online row
+    for r in runs:
+        assert 0 < r["curves"]["lambda/keep_prob"][-1] <= 1
+        assert all(math.isfinite(v) for v in r["val"]["val_loss"])
+    table = (out / "table.md").read_text()
+    assert "validation perplexity" in table and "| Clip5 |" in table
+
+
+def test_cost_smoke(tmp_path, mnist_dir):
+    out = tmp_path / "cost"
+    main(
+        ["cost", "--out", str(out), "--data-dir", str(mnist_dir), "--smoke", "--no-progress"]
+        + [f"--extra={e}" for e in MNIST_EXTRA]
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["models"]["mlp"]["rows"]
+    assert list(rows) == ["plain", "Unroll1-gTgV", "Unroll1", "Unroll5", "Clip10"]
+    assert rows["plain"]["ratio"] == 1.0 and rows["plain"]["memory_ratio"] == 1.0
+    for r in rows.values():
+        assert r["step_ms"] > 0 and r["peak_mb"] > 0
+    # the tuner's tangent alone is one more copy of the parameters
+    assert rows["Clip10"]["state_mb"] > rows["plain"]["state_mb"]
+    assert "× plain" in (out / "cost.md").read_text()
+
+
+def test_compose_config_applies_row_overlays_and_settings(tmp_path):
+    config = compose_config(
+        MNIST,
+        Row("Clip7", "clip.yaml", {"radius": 7.0}),
+        1e-4,
+        50,
+        25,
+        tmp_path,
+        extra=["model.init_args.lr=0.05"],
+        hyper_scale=10.0,
+    )
+    (cb,) = config["trainer"]["callbacks"]
+    method = cb["init_args"]["method"]["init_args"]
+    assert method["radius"] == 7.0 and method["hyper_lr_scale"] == pytest.approx(3e-3)
+    assert config["model"]["init_args"]["l2"] == 1e-4
+    assert config["model"]["init_args"]["lr"] == 0.05
+    assert config["trainer"]["max_steps"] == 50
+    assert config["data"]["init_args"]["data_dir"] == str(tmp_path.resolve())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"extra": ["model.init_args.lr"]}, "expected KEY=VALUE"),
+        ({"hyper_scale": 0.0}, "hyper_scale=0.0 must be a finite number > 0"),
+    ],
+)
+def test_compose_config_rejects_bad_settings(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        compose_config(MNIST, Row("Fixed λ"), 1e-4, 50, 25, tmp_path, **kwargs)
+
+
+def test_unknown_method_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match=r"methods: unknown \['Clip3'\]; accepted values"):
+        main(["table2", "--out", str(tmp_path), "--methods", "Clip3", "--no-progress"])
+
+
+def test_summary_counts_dead_runs_apart():
+    def run(row, init, best, final, dead=False):
+        val = {"step": [1, 2], "val_loss": [best, final], "wall_s": [1.0, 2.0]}
+        return {
+            "row": row,
+            "init": init,
+            "best_val_loss": best,
+            "final_val_loss": final,
+            "test_loss": final,
+            "lambda_final": {"l2": init},
+            "dead": dead,
+            "fit_s": 2.0,
+            "best_step": 1,
+            "val": val,
+        }
+
+    s = summarize(
+        PTB,
+        [
+            run("Fixed λ", 0.4, 4.5, 4.6),
+            run("Fixed λ", 0.5, 4.4, 4.7),
+            run("Clip5", 0.4, 4.3, 4.35),
+            run("Clip5", 0.9, 9.0, 9.1, dead=True),
+        ],
+    )
+    assert s["rows"]["Fixed λ"]["init"] == 0.5  # the grid's best by early stopping
+    clip = s["rows"]["Clip5"]
+    assert (clip["live"], clip["runs"], clip["dead_inits"]) == (1, 2, [0.9])
+    assert clip["best"] == pytest.approx(math.exp(4.3))
+    assert s["time_to_quality"]["Clip5"]["reached"] == 1  # 4.3 <= the grid's 4.4 at 1 s
+    assert s["time_to_quality"]["Clip5"]["median_ratio"] == pytest.approx(1.0 / 4.0)
