@@ -339,7 +339,9 @@ class OnlineHyperparamCallback(pl.Callback):
             batch = trainer.strategy.batch_to_device(batch)
         finally:
             trainer.state.stage = stage
-        with _eval_mode(pl_module), trainer.precision_plugin.forward_context():
+        # cuDNN's RNN has no backward in eval mode: g_V of an RNN runs on the native kernels
+        kernels = _native_rnn_kernels() if self._native_rnn else contextlib.nullcontext()
+        with _eval_mode(pl_module), kernels, trainer.precision_plugin.forward_context():
             return pl_module.validation_loss(batch)
 
     # ---------------------------------------------------------------------------- checkpoint

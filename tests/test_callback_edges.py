@@ -167,3 +167,29 @@ def test_hyperparameter_values_stay_float64_under_precision_casts():
         model.training_loss(tuple(t[:4].half() for t in regression_data()[0].tensors)).dtype
         == torch.float16
     )
+
+
+class TinyRNN(IndexModel):
+    """An LSTM model: g_V's pass must avoid cuDNN, whose RNN has no backward in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(1, 2, batch_first=True).double()
+        self.kernels = []
+
+    def validation_loss(self, batch):
+        self.kernels.append((torch.backends.cudnn.enabled, torch.backends.mkldnn.enabled))
+        out, _ = self.rnn(batch.unsqueeze(-1))
+        return (out**2).mean() + super().validation_loss(batch)
+
+    def training_loss(self, batch):
+        out, _ = self.rnn(batch.unsqueeze(-1))
+        return (out**2).mean() + super().training_loss(batch)
+
+
+def test_rnn_validation_gradient_runs_on_native_kernels():
+    model = TinyRNN()
+    trainer = make_trainer([OnlineHyperparamCallback(Clip(5.0, 1.0))], 2)
+    trainer.fit(model, DataLoader(Indexed(), batch_size=40), DataLoader(Indexed(), batch_size=10))
+    assert model.kernels == [(False, False), (False, False)]
+    assert torch.backends.cudnn.enabled and torch.backends.mkldnn.enabled  # restored
