@@ -100,6 +100,12 @@ class OnlineHyperparamCallback(pl.Callback):
     Replays of models that contain an ``nn.RNNBase`` (LSTM, GRU, RNN) run with cuDNN and
     oneDNN off, on the native kernels, which have a double backward.
 
+    The replay restores the RNG state taken in this callback's ``on_train_batch_start``, so it
+    draws the training step's own dropout masks as long as nothing between that hook and
+    ``training_step`` (the module's ``on_train_batch_start``, later callbacks) draws random
+    numbers. η is the learning rate of param group 0 at that step; steps that SGD does not take
+    (no gradient, or a non-finite one that the AMP grad scaler skips) move neither y nor λ.
+
     Args:
         method: ``Clip(radius, hyper_lr_scale)``, ``Exact(hyper_lr_scale)``,
             ``Unroll(steps, hyper_lr_scale)``, ``FirstOrder(hyper_lr)``, or one of their names
