@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="multiply every method's hyper step (runs shorter than the configs' horizon)",
         )
         t.add_argument(
+            "--warmup",
+            type=int,
+            default=None,
+            help="the tuner's warm-up steps (default: the overlay's)",
+        )
+        t.add_argument(
             "--overlay",
             action="append",
             type=Path,
@@ -202,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             extra=args.extra,
             overlays=args.overlay,
             hyper_scale=args.hyper_scale,
+            warmup=args.warmup,
             init_values=args.init_values,
             show_progress=show,
         )

@@ -79,12 +79,14 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A GitHub Markdown table; the first column left-aligned, the others right-aligned."""
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "| " + " | ".join([":---"] + ["---:"] * (len(header) - 1)) + " |",
-    ]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    """A GitHub Markdown table; the first column left-aligned, the others right-aligned.
+    A ``|`` inside a cell (as in |λ − λ*|) is escaped."""
+
+    def line(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    lines = [line(header), "| " + " | ".join([":---"] + ["---:"] * (len(header) - 1)) + " |"]
+    lines += [line(row) for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -122,3 +124,5 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     for module in ("pytorch_lightning", "lightning_fabric", "torch.utils.data"):
         warnings.filterwarnings("ignore", module=module)
+    # the PTB configs clip gradients: say once that the tangent ignores it, not once per fit
+    warnings.filterwarnings("once", message=".*gradient clipping is applied")

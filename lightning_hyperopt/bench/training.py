@@ -225,11 +225,13 @@ def compose_config(
     extra: Sequence[str] = (),
     overlays: Sequence[Path] = (),
     hyper_scale: float = 1.0,
+    warmup: int | None = None,
 ) -> dict:
     """The LightningCLI config of one run: base + the row's overlay + ``overlays`` (e.g. the
     PTB ``medium.yaml``), then the run's settings and the ``extra`` KEY=VALUE overrides.
     ``hyper_scale`` multiplies the method's hyper step (``hyper_lr_scale`` or ``hyper_lr``):
-    shorter runs than the config's horizon need larger steps for λ to travel as far."""
+    shorter runs than the config's horizon need larger steps for λ to travel as far.
+    ``warmup`` replaces the callback's ``warmup_steps``."""
     if not (hyper_scale > 0 and math.isfinite(hyper_scale)):
         raise ValueError(f"hyper_scale={hyper_scale!r} must be a finite number > 0")
     folder = CONFIGS / exp.config_dir
@@ -246,6 +248,8 @@ def compose_config(
             raise ValueError(f"{row.overlay}: expected one {CALLBACK}")
         args = callbacks[0].setdefault("init_args", {})
         args.update(row.callback_args)
+        if warmup is not None:
+            args["warmup_steps"] = int(warmup)
         method_args = args["method"].setdefault("init_args", {})
         method_args.update(row.method_args)
         for name in ("hyper_lr_scale", "hyper_lr"):
@@ -312,7 +316,7 @@ class Recorder(pl.Callback):
         self._norms: list[float] = []
         self._start = 0.0
         self._val_start = 0.0
-        self._val_total = 0.0
+        self.val_total = 0.0
         self.engine: Any = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -363,13 +367,13 @@ class Recorder(pl.Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         now = time.perf_counter()
-        self._val_total += now - self._val_start
+        self.val_total += now - self._val_start
         if trainer.sanity_checking or "val_loss" not in trainer.callback_metrics:
             return
         self.val["step"].append(trainer.global_step)
         self.val["val_loss"].append(float(trainer.callback_metrics["val_loss"]))
         self.val["wall_s"].append(now - self._start)
-        self.val["train_s"].append(now - self._start - self._val_total)
+        self.val["train_s"].append(now - self._start - self.val_total)
 
 
 def run_one(
@@ -388,10 +392,24 @@ def run_one(
     test: bool = True,
     overlays: Sequence[Path] = (),
     hyper_scale: float = 1.0,
+    warmup: int | None = None,
 ) -> dict[str, Any]:
     """Fit one run of ``exp`` (row, initial λ) and return its JSON record."""
     key = run_key(row, init, seed)
-    config = compose_config(exp, row, init, steps, val_every, data_dir, seed, gpu, extra, overlays)
+    config = compose_config(
+        exp,
+        row,
+        init,
+        steps,
+        val_every,
+        data_dir,
+        seed,
+        gpu,
+        extra,
+        overlays,
+        hyper_scale,
+        warmup,
+    )
     cli = instantiate(config, out / "configs" / (key.replace("|", "_").replace(" ", "_") + ".yaml"))
     bar = None
     if show_progress:
@@ -413,7 +431,7 @@ def run_one(
         val["step"].append(cli.trainer.global_step)
         val["val_loss"].append(float(res["val_loss"]))
         val["wall_s"].append(fit_s)
-        val["train_s"].append(fit_s - recorder._val_total)
+        val["train_s"].append(fit_s - recorder.val_total)
     test_loss = math.nan
     if test:
         (res,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
@@ -464,6 +482,7 @@ def run_experiment(
     extra: Sequence[str] = (),
     overlays: Sequence[Path] = (),
     hyper_scale: float = 1.0,
+    warmup: int | None = None,
     init_values: Sequence[float] | None = None,
     seed: int = 0,
     show_progress: bool = True,
@@ -519,6 +538,8 @@ def run_experiment(
             record_every=record_every,
             show_progress=show_progress,
             overlays=overlays,
+            hyper_scale=hyper_scale,
+            warmup=warmup,
         )
         log.add(record)
     keys = {run_key(row, init, seed) for row, init in plan}
@@ -535,6 +556,7 @@ def run_experiment(
             "extra": list(extra),
             "overlays": [str(o) for o in overlays],
             "hyper_scale": hyper_scale,
+            "warmup": warmup,
             "gpu": gpu,
         },
         wall_s=time.perf_counter() - start,
@@ -585,7 +607,8 @@ def summarize(exp: Experiment, records: Sequence[Mapping[str, Any]]) -> dict[str
     ttq = {}
     if grid_best is not None:
         target = grid_best["best_val_loss"]
-        for label, runs in by_row.items():
+        for label in [r.label for r in exp.rows if r.label in by_row]:
+            runs = by_row[label]
             if label == "Fixed λ":
                 continue
             times = []
@@ -599,10 +622,16 @@ def summarize(exp: Experiment, records: Sequence[Mapping[str, Any]]) -> dict[str
                 "median_s": statistics.median(reached) if reached else None,
                 "fastest_s": min(reached) if reached else None,
                 "median_ratio": statistics.median(reached) / grid_total_s if reached else None,
+                "closest": min(r["best_val_loss"] for r in runs),
                 "run_s": _mean([r["fit_s"] for r in runs]),
             }
+    per_start = {
+        label: {f"{r['init']:.3g}": exp.score(r["best_val_loss"]) for r in by_row[label]}
+        for label in [r.label for r in exp.rows if r.label in by_row]
+    }
     return {
         "rows": rows,
+        "per_start": per_start,
         "grid": [
             {
                 "init": r["init"],
@@ -680,6 +709,16 @@ def table_markdown(exp: Experiment, summary: Mapping[str, Any]) -> str:
             ],
         ),
     ]
+    per_start = summary.get("per_start", {})
+    inits = sorted({k for v in per_start.values() for k in v}, key=float)
+    if per_start:
+        text += [
+            "\n### Every run, early stopping\n\n",
+            markdown_table(
+                ["Method", *[f"λ₀ = {i}" for i in inits]],
+                [[label, *[fmt(v.get(i), 1) for i in inits]] for label, v in per_start.items()],
+            ),
+        ]
     ttq = summary["time_to_quality"]
     if ttq:
         text += [
@@ -689,6 +728,7 @@ def table_markdown(exp: Experiment, summary: Mapping[str, Any]) -> str:
             markdown_table(
                 [
                     "Method",
+                    "best run's best",
                     "runs reaching it",
                     "median time to reach (s)",
                     "÷ grid total",
@@ -697,6 +737,7 @@ def table_markdown(exp: Experiment, summary: Mapping[str, Any]) -> str:
                 [
                     [
                         label,
+                        fmt(exp.score(t["closest"]), 1),
                         f"{t['reached']}/{t['runs']}",
                         fmt(t["median_s"], 0),
                         fmt(t["median_ratio"], 2),
@@ -711,7 +752,8 @@ def table_markdown(exp: Experiment, summary: Mapping[str, Any]) -> str:
 
 def plot_experiment(exp: Experiment, records: Sequence[Mapping[str, Any]], out: Path) -> None:
     """``curves_<λ₀>.png`` per initial value (λ, training and validation loss against steps,
-    one line per method) and ``lambda_all.png`` (every start of every method)."""
+    one line per method) and ``lambda_all.png`` (every start of every method). On log axes
+    λ = 0 (the lower bound) is not drawn."""
     from .plots import plot_curves, plot_lambda_grid
 
     by_init: dict[float, dict[str, dict[str, Any]]] = {}
@@ -727,8 +769,11 @@ def plot_experiment(exp: Experiment, records: Sequence[Mapping[str, Any]], out: 
         if lam is not None:
             label = f"{r['init']:.0e}" if exp.log_lambda else f"{r['init']:.2f}"
             by_method.setdefault(r["row"], []).append((label, steps, lam))
+    order = {r.label: i for i, r in enumerate(exp.rows)}
+    by_method = dict(sorted(by_method.items(), key=lambda kv: order.get(kv[0], len(order))))
     scale = "log" if exp.log_lambda else "linear"
     for init, curves in by_init.items():
+        curves = dict(sorted(curves.items(), key=lambda kv: order.get(kv[0], len(order))))
         plot_curves(
             curves,
             panels=[

@@ -12,6 +12,7 @@ from data.test_mnist import write_mnist
 from data.test_ptb import write_corpus
 
 from lightning_hyperopt.bench.cli import main
+from lightning_hyperopt.bench.cost import COST_ROWS
 from lightning_hyperopt.bench.training import MNIST, PTB, Row, compose_config, summarize
 
 MNIST_EXTRA = ["data.init_args.verify=false", "data.init_args.download=false"]
@@ -45,7 +46,7 @@ def records(out):
 def test_table2_smoke(tmp_path, mnist_dir):
     out = tmp_path / "t2"
     args = ["table2", "--out", str(out), "--data-dir", str(mnist_dir), "--smoke", "--no-progress"]
-    main([*args, *[f"--extra={e}" for e in MNIST_EXTRA]])
+    main([*args, "--hyper-scale", "2", "--warmup", "0", *[f"--extra={e}" for e in MNIST_EXTRA]])
     runs = records(out)
     # 1 start × (fixed grid + 7 online rows)
     assert len(runs) == 8 and {r["row"] for r in runs} == {row.label for row in MNIST.rows}
@@ -60,8 +61,10 @@ def test_table2_smoke(tmp_path, mnist_dir):
             assert r["method"] is None and set(lam) == {r["init"]}
         else:
             assert r["method"].startswith(("Clip", "Unroll", "FirstOrder"))
+            assert r["method"].endswith("warmup_steps=0") and lam[-1] != r["init"]  # λ moved
     clip20 = next(r for r in runs if r["row"] == "Clip20")
     assert "radius=20.0" in clip20["method"]
+    assert "hyper_lr_scale=0.0006" in clip20["method"]  # the config's 3e-4, --hyper-scale 2
     table = (out / "table.md").read_text()
     for label in ("Fixed λ", "Unroll1-gTgV", "Unroll10", "Clip20", "Time to quality"):
         assert label in table
@@ -124,6 +127,14 @@ def test_cost_smoke(tmp_path, mnist_dir):
     # the tuner's tangent alone is one more copy of the parameters
     assert rows["Clip10"]["state_mb"] > rows["plain"]["state_mb"]
     assert "× plain" in (out / "cost.md").read_text()
+
+
+def test_cost_rows_measure_steps_with_lambda_updates(tmp_path):
+    """No warm-up in the cost benchmark: every timed step pays for the validation gradient."""
+    for row in COST_ROWS[1:]:
+        config = compose_config(MNIST, row, 1e-3, 10, 10, tmp_path)
+        (cb,) = config["trainer"]["callbacks"]
+        assert cb["init_args"]["warmup_steps"] == 0
 
 
 def test_compose_config_applies_row_overlays_and_settings(tmp_path):
