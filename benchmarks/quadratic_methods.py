@@ -18,25 +18,13 @@ import statistics
 
 import torch
 
-from lightning_hyperopt.core import Clip, Exact, FirstOrder, Hyperparameter, TangentEngine, Unroll
-from lightning_hyperopt.problems.quadratic import sample_quadratic
+from lightning_hyperopt.core import Clip, Exact, FirstOrder, Unroll
+from lightning_hyperopt.problems.quadratic import sample_quadratic, tune_with_engine
 
 
 def tune(q, method, steps, lr, warmup=0):
     """λ trajectory and final θ of one run."""
-    theta = torch.zeros_like(q.theta_bar, requires_grad=True)
-    lam = Hyperparameter(0.0, bounds=(0.0, 10.0))
-    opt = torch.optim.SGD([theta], lr=lr)
-    engine = TangentEngine(method, {"lam": lam}, opt, warmup_steps=warmup)
-    trajectory = []
-    for _ in range(steps):
-        opt.zero_grad()
-        q.training_loss(theta, lam.value).backward()
-        engine.advance(lambda: [q.training_loss(theta, lam.value)])
-        opt.step()
-        engine.update(lambda: q.validation_loss(theta))
-        trajectory.append(float(lam.value))
-    return trajectory, theta.detach()
+    return tune_with_engine(q, method, [(steps, lr)], warmup_steps=warmup)
 
 
 def settle_step(trajectory, target, tol=0.01):

@@ -13,6 +13,7 @@ The H-orthogonal part n is what makes first-order methods biased.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
@@ -20,7 +21,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from lightning_hyperopt.core.engine import TangentEngine
 from lightning_hyperopt.core.hyperparameters import Hyperparameter
+from lightning_hyperopt.core.methods import HyperMethod
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,32 @@ def sample_quadratic(
     if repeats is None:
         return QuadraticInstance(h[0], theta_bar[0], theta_tilde[0], lambda_star[0])
     return inst
+
+
+def tune_with_engine(
+    problem: QuadraticInstance,
+    method: HyperMethod,
+    schedule: Sequence[tuple[int, float]],
+    init_lambda: float = 0.0,
+    warmup_steps: int = 0,
+) -> tuple[list[float], Tensor]:
+    """The reference loop of :class:`TangentEngine` on one problem: θ₀ = 0, SGD with the
+    ``schedule``'s (steps, η) phases, λ ∈ [0, 10]. Returns λ after every step and the final θ."""
+    theta = torch.zeros_like(problem.theta_bar, requires_grad=True)
+    lam = Hyperparameter(init_lambda, bounds=(0.0, 10.0))
+    opt = torch.optim.SGD([theta], lr=schedule[0][1])
+    engine = TangentEngine(method, {"lam": lam}, opt, warmup_steps=warmup_steps)
+    trajectory = []
+    for steps, lr in schedule:
+        opt.param_groups[0]["lr"] = lr
+        for _ in range(steps):
+            opt.zero_grad()
+            problem.training_loss(theta, lam.value).backward()
+            engine.advance(lambda: [problem.training_loss(theta, lam.value)])
+            opt.step()
+            engine.update(lambda: problem.validation_loss(theta))
+            trajectory.append(float(lam.value))
+    return trajectory, theta.detach()
 
 
 class QuadraticProblem(pl.LightningModule):

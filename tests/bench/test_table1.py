@@ -11,8 +11,12 @@ from lightning_hyperopt.bench.quadratic import (
     first_order_fixed_point,
     run_vectorized,
 )
-from lightning_hyperopt.core import Clip, Exact, FirstOrder, Hyperparameter, TangentEngine, Unroll
-from lightning_hyperopt.problems.quadratic import QuadraticInstance, sample_quadratic
+from lightning_hyperopt.core import Clip, Exact, FirstOrder, Unroll
+from lightning_hyperopt.problems.quadratic import (
+    QuadraticInstance,
+    sample_quadratic,
+    tune_with_engine,
+)
 
 SCHEDULE = ((60, 0.05), (40, 0.01))  # two phases: the learning rate drops, as in the paper
 WARMUP = 7
@@ -26,21 +30,7 @@ METHODS = {
 
 def engine_trajectory(q: QuadraticInstance, method, init: float) -> list[float]:
     """λ after every step, from TangentEngine on one problem (the callback's engine)."""
-    theta = torch.zeros_like(q.theta_bar, requires_grad=True)
-    lam = Hyperparameter(init, bounds=(0.0, 10.0))
-    opt = torch.optim.SGD([theta], lr=SCHEDULE[0][1])
-    engine = TangentEngine(method, {"lam": lam}, opt, warmup_steps=WARMUP)
-    out = []
-    for steps, lr in SCHEDULE:
-        opt.param_groups[0]["lr"] = lr
-        for _ in range(steps):
-            opt.zero_grad()
-            q.training_loss(theta, lam.value).backward()
-            engine.advance(lambda: [q.training_loss(theta, lam.value)])
-            opt.step()
-            engine.update(lambda: q.validation_loss(theta))
-            out.append(float(lam.value))
-    return out
+    return tune_with_engine(q, method, SCHEDULE, init_lambda=init, warmup_steps=WARMUP)[0]
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from lightning_hyperopt.core import Clip, Exact, FirstOrder, Hyperparameter, TangentEngine, Unroll
-from lightning_hyperopt.problems.quadratic import sample_quadratic
+from lightning_hyperopt.core import Clip, Exact, FirstOrder, Unroll
+from lightning_hyperopt.problems.quadratic import sample_quadratic, tune_with_engine
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -29,17 +29,7 @@ def test_batched_sampling_matches_single():
 
 
 def tune(q, method, steps=3000, lr=0.05):
-    theta = torch.zeros_like(q.theta_bar, requires_grad=True)
-    lam = Hyperparameter(0.0, bounds=(0.0, 10.0))
-    opt = torch.optim.SGD([theta], lr=lr)
-    engine = TangentEngine(method, {"lam": lam}, opt)
-    for _ in range(steps):
-        opt.zero_grad()
-        q.training_loss(theta, lam.value).backward()
-        engine.advance(lambda: [q.training_loss(theta, lam.value)])
-        opt.step()
-        engine.update(lambda: q.validation_loss(theta))
-    return float(lam.value)
+    return tune_with_engine(q, method, [(steps, lr)])[0][-1]
 
 
 @pytest.fixture(scope="module")
