@@ -106,6 +106,19 @@ def _unroll(k: int) -> Row:
     return Row(f"Unroll{k}", "unroll.yaml", {"steps": k})
 
 
+#: the rows of the paper's Tables 2 and 3
+PAPER_ROWS = (
+    Row("Fixed λ"),
+    Row("Unroll1-gTgV", "first_order.yaml"),
+    _unroll(1),
+    _unroll(5),
+    _unroll(10),
+    _clip(5.0),
+    _clip(10.0),
+    _clip(20.0),
+)
+
+
 MNIST = Experiment(
     name="table2",
     description="MNIST MLP with L2 (Table 2), through LightningCLI",
@@ -115,16 +128,7 @@ MNIST = Experiment(
     grid=tuple(logspace(1e-6, 1e-1, 6)),
     start_range=(1e-6, 1e-1),
     grid_is_starts=True,
-    rows=(
-        Row("Fixed λ"),
-        Row("Unroll1-gTgV", "first_order.yaml"),
-        _unroll(1),
-        _unroll(5),
-        _unroll(10),
-        _clip(5.0),
-        _clip(10.0),
-        _clip(20.0),
-    ),
+    rows=PAPER_ROWS,
     default_steps=6000,
     default_val_every=500,
     default_data_dir="../shared/data/mnist",
@@ -154,16 +158,7 @@ PTB = Experiment(
     starts=(0.4, 0.6, 0.8),
     start_range=(0.35, 0.9),
     log_lambda=False,
-    rows=(
-        Row("Fixed λ"),
-        Row("Unroll1-gTgV", "first_order.yaml"),
-        _unroll(1),
-        _unroll(5),
-        _unroll(10),
-        _clip(5.0),
-        _clip(10.0),
-        _clip(20.0),
-    ),
+    rows=PAPER_ROWS,
     default_steps=2000,
     default_val_every=500,
     default_data_dir="../shared/data/ptb",
