@@ -131,8 +131,10 @@ class TangentEngine:
         for v in values:
             if v is not None:
                 v.requires_grad_(True)
+        # first order with only optimizer-side or finite-difference λ: nothing to back-prop
+        needs_replay = use_y or any(v is not None for v in values)
         try:
-            for loss in losses():
+            for loss in losses() if needs_replay else ():
                 tangents = self.tangents if use_y else [None] * len(self.hypers)
                 for acc, d in zip(drifts, tangent_drift(loss, self.params, values, tangents)):
                     for a, di in zip(acc, d):

@@ -142,10 +142,12 @@ def test_unroll_hypergradient_is_reverse_mode_through_the_window(data, sgd):
     torch.testing.assert_close(torch.stack(hypergrads), torch.stack(expected), rtol=1e-9, atol=0)
 
 
-def test_first_order_uses_minus_dg_dlambda(data):
-    """Unroll1-gTgV: h = −⟨g_V(θ_{t+1}), ∂g_T/∂λ(θ_t)⟩ = −⟨g_V, θ_t⟩ for an L2 penalty."""
+@pytest.mark.parametrize("kind", ["l2", "wd"])
+def test_first_order_uses_minus_dg_dlambda(data, kind):
+    """Unroll1-gTgV: h = −⟨g_V(θ_{t+1}), ∂g_T/∂λ(θ_t)⟩ = −⟨g_V, θ_t⟩ for an L2 penalty or an
+    SGD weight decay (the latter needs no replay at all)."""
     x, y, xv, yv = data
-    net = Net(0.02)
+    net = Net(0.02, kind)
     opt = torch.optim.SGD(net.body.parameters(), lr=0.1)
     engine = TangentEngine(FirstOrder(hyper_lr=0.5), {"l2": net.l2}, opt)
     theta_t = [p.detach().clone() for p in net.body.parameters()]
