@@ -131,6 +131,3 @@ class WeightDecay(Hyperparameter):
         self.init_from_optimizer = init is None
 
     drift_source: DriftSource = "optimizer"
-
-    def forward(self) -> Tensor:
-        return self.value

@@ -18,8 +18,6 @@ from torch import Tensor
 
 from lightning_hyperopt.core.functional import Tangent, global_norm, project_l2_ball
 
-_NO_CLIP = None
-
 
 def _check_scale(name: str, value: float) -> float:
     value = float(value)
@@ -53,7 +51,7 @@ class HyperMethod:
         ``batch_dim``: independent problems stacked along that dimension are projected
         row-wise (see :func:`~lightning_hyperopt.core.functional.project_l2_ball`).
         """
-        return list(tangent), global_norm(tangent, batch_dim), _NO_CLIP
+        return list(tangent), global_norm(tangent, batch_dim), None
 
     def hyper_step(self, lr: float) -> float:
         """The hyper step α_t given the parameter learning rate η_t."""
