@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="explicit initial λ values, for the online rows and the fixed grid alike",
         )
+        t.add_argument(
+            "--grid",
+            type=_floats,
+            default=None,
+            help=f"explicit fixed-λ grid (default {list(exp.grid) or 'the starts'})",
+        )
         t.add_argument("--val-every", type=int, default=None, help="steps between validations")
         t.add_argument(
             "--methods",
@@ -101,14 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument(
             "--hyper-scale",
             type=float,
-            default=1.0,
-            help="multiply every method's hyper step (runs shorter than the configs' horizon)",
+            default=None,
+            help="multiply every method's hyper step, for runs shorter than the configs' "
+            f"horizon (default {exp.default_hyper_scale:g})",
         )
         t.add_argument(
             "--warmup",
             type=int,
             default=None,
-            help="the tuner's warm-up steps (default: the overlay's)",
+            help="the tuner's warm-up steps (default "
+            + ("the overlay's" if exp.default_warmup is None else str(exp.default_warmup))
+            + ")",
         )
         t.add_argument(
             "--overlay",
@@ -210,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             hyper_scale=args.hyper_scale,
             warmup=args.warmup,
             init_values=args.init_values,
+            grid_values=args.grid,
             show_progress=show,
         )
         print((args.out / "table.md").read_text())

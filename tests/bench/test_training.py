@@ -99,15 +99,24 @@ def test_table3_smoke(tmp_path, ptb_dir):
             "--no-progress",
             "--methods",
             "Fixed λ,Unroll1-gTgV,Unroll5,Clip5",
+            "--grid",
+            "0.4,1.0",
             *[f"--extra={e}" for e in extra],
         ]
     )
     runs = records(out)
     assert [r["row"] for r in runs[:4]] == ["Fixed λ", "Unroll1-gTgV", "Unroll5", "Clip5"]
-    assert len(runs) == 3 + 3  # the paper's 3 fixed keep probabilities, 1 start per online row
+    # the --grid values for the fixed row, the one default start (0.5) for each online row
+    assert [(r["row"], r["init"]) for r in runs[4:]] == [("Fixed λ", 1.0)]
+    assert {r["init"] for r in runs[1:4]} == {0.5} and runs[0]["init"] == 0.4
     for r in runs:
         assert 0 < r["curves"]["lambda/keep_prob"][-1] <= 1
         assert all(math.isfinite(v) for v in r["val"]["val_loss"])
+    # the table's defaults adapt the configs' 50K-step warm-up and hyper step to 1,000 steps
+    clip5 = next(r for r in runs if r["row"] == "Clip5")
+    assert "warmup_steps=100" in clip5["method"] and "hyper_lr_scale=0.001" in clip5["method"]
+    protocol = json.loads((out / "summary.json").read_text())["protocol"]
+    assert protocol["grid"] == [0.4, 1.0] and protocol["hyper_scale"] == 10.0
     table = (out / "table.md").read_text()
     assert "validation perplexity" in table and "| Clip5 |" in table
 
