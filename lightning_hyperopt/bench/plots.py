@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def _pyplot():
@@ -17,6 +18,16 @@ def _pyplot():
 
 
 Series = tuple[Sequence[float], Sequence[float]]  # (steps, values)
+
+
+def _save(fig: Any, title: str, path: Path) -> Path:
+    """Title, lay out and write ``fig`` to ``path`` (PNG), then free it."""
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    _pyplot().close(fig)
+    return path
 
 
 def plot_curves(
@@ -50,12 +61,7 @@ def plot_curves(
         ax.set_ylabel(label)
         ax.grid(True, which="major", alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(fig, title, path)
 
 
 def plot_lambda_grid(
@@ -88,9 +94,4 @@ def plot_lambda_grid(
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.3)
     axes.flat[0].legend(fontsize=6, title="λ₀", title_fontsize=6)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(fig, title, path)
