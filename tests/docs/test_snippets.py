@@ -6,8 +6,10 @@
   steps through ``lightning_hyperopt.cli.build_cli``, and a callbacks-only overlay (only a
   ``trainer`` key) is instantiated on top of ``examples/configs/quadratic/base.yaml`` (every
   key, type and value checked; it is meant for the reader's model, so it is not fitted).
-- ```bash blocks: every ``--config`` file they name exists; every file or test a page cites
-  (``tests/…py::test_name``, ``benchmarks/…py``, ``examples/…yaml``) exists.
+- ```bash blocks: every ``--config`` file they name exists; every benchmark command
+  (``python -m lightning_hyperopt.bench …``) parses with the runner's current flags; every file
+  or test a page cites (``tests/…py::test_name``, ``benchmarks/…py``, ``examples/…yaml``)
+  exists.
 - README.md: its links into docs/ resolve, and its commands and usage snippet are the
   quickstart's, verbatim.
 """
@@ -15,6 +17,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import textwrap
 import time
 from pathlib import Path
@@ -131,6 +134,26 @@ def test_bash_snippets_name_existing_configs(page):
             if path.endswith(("model.yaml", "tune.yaml")):  # placeholders for the reader's own
                 continue
             assert (ROOT / path).is_file(), f"{rel(page)}:{line}: {path} does not exist"
+
+
+BENCH_COMMAND = re.compile(
+    r"^(?:python -m lightning_hyperopt\.bench|lightning-hyperopt-bench) (.+)$"
+)
+
+
+@pytest.mark.parametrize("page", pages_with("bash"), ids=rel)
+def test_bash_snippets_benchmark_commands_parse(page):
+    from lightning_hyperopt.bench.cli import build_parser
+
+    parser = build_parser()
+    for line, source in blocks(page, "bash"):
+        for command in source.splitlines():
+            m = BENCH_COMMAND.match(command.strip())
+            if m:
+                try:
+                    parser.parse_args(shlex.split(m.group(1)))
+                except SystemExit:
+                    pytest.fail(f"{rel(page)}:{line}: {command.strip()!r} does not parse")
 
 
 REPO_PATH = re.compile(
