@@ -121,21 +121,24 @@ class TangentEngine:
         terms whose θ-gradient is the one in ``p.grad`` (e.g. one per accumulated micro-batch,
         each already divided by the number of micro-batches).
         """
-        t = self.step
-        if self.method.resets_at(t):
+        reset = self.method.resets_at(self.step)
+        if reset:
             for j in range(len(self.hypers)):
                 self._reset(j)
         use_y = self.method.uses_tangent
+        # right after a reset y = 0, so H y = 0: the Hessian-vector product is skipped
+        # (every step of Unroll1, one in K of UnrollK)
+        hessian_term = use_y and not reset
         values = [h.value if h.drift_source == "autograd" else None for h in self.hypers]
         drifts = [self._zeros() for _ in self.hypers]
         for v in values:
             if v is not None:
                 v.requires_grad_(True)
-        # first order with only optimizer-side or finite-difference λ: nothing to back-prop
-        needs_replay = use_y or any(v is not None for v in values)
+        # no H y term and only optimizer-side or finite-difference λ: nothing to back-prop
+        needs_replay = hessian_term or any(v is not None for v in values)
         try:
             for loss in losses() if needs_replay else ():
-                tangents = self.tangents if use_y else [None] * len(self.hypers)
+                tangents = self.tangents if hessian_term else [None] * len(self.hypers)
                 for acc, d in zip(drifts, tangent_drift(loss, self.params, values, tangents)):
                     for a, di in zip(acc, d):
                         a.add_(di)

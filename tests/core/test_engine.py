@@ -227,3 +227,36 @@ def test_finite_difference_drift_matches_autograd(data, sgd):
         tangents.append(flat(engine.tangents[0]))
     # the penalty is linear in λ, so the central difference is exact up to rounding
     torch.testing.assert_close(tangents[1], tangents[0], rtol=1e-8, atol=1e-11)
+
+
+def test_reset_steps_skip_the_hessian_vector_product(data):
+    """Right after UnrollK's reset y = 0, so H y = 0: a finite-difference λ needs only its
+    two perturbed replays on those steps (three replays otherwise), and the tangent equals the
+    autograd one at every step."""
+    x, y, _, _ = data
+    tangents, replays = [], []
+    for penalty in (L2Penalty(0.05), FiniteDifferenceScale(0.05, eps=1e-3)):
+        net = Net(0.05)
+        net.l2 = penalty.double()
+        opt = torch.optim.SGD(net.body.parameters(), lr=0.1, momentum=0.9)
+        engine = TangentEngine(Unroll(3), {"l2": net.l2}, opt, warmup_steps=10**9)
+        calls, per_step = [0], []
+
+        def losses(net=net, calls=calls):
+            calls[0] += 1
+            return [net.training_loss(x, y)]
+
+        trajectory = []
+        for _ in range(7):
+            opt.zero_grad()
+            net.training_loss(x, y).backward()
+            calls[0] = 0
+            engine.advance(losses)
+            per_step.append(calls[0])
+            opt.step()
+            trajectory.append(flat(engine.tangents[0]))
+        tangents.append(torch.stack(trajectory))
+        replays.append(per_step)
+    assert replays[1] == [2, 3, 3, 2, 3, 3, 2]  # steps 0, 3, 6 start a window
+    assert replays[0] == [1] * 7  # autograd ∂g_T/∂λ always needs the replay
+    torch.testing.assert_close(tangents[1], tangents[0], rtol=1e-8, atol=1e-11)
