@@ -796,7 +796,7 @@ def plot_experiment(exp: Experiment, records: Sequence[Mapping[str, Any]], out: 
                 ("val_loss", "validation loss", "log"),
             ],
             title=f"{exp.description}: λ₀ = {init:.3g}",
-            path=out / f"curves_{init:.0e}.png",
+            path=out / f"curves_{init:.3g}.png",  # 3 digits: 0.45 and 0.5 stay apart
         )
     plot_lambda_grid(
         by_method,

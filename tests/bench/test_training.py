@@ -117,6 +117,8 @@ def test_table3_smoke(tmp_path, ptb_dir):
     assert "warmup_steps=100" in clip5["method"] and "hyper_lr_scale=0.001" in clip5["method"]
     protocol = json.loads((out / "summary.json").read_text())["protocol"]
     assert protocol["grid"] == [0.4, 1.0] and protocol["hyper_scale"] == 10.0
+    plots = {p.name for p in out.glob("curves_*.png")}
+    assert plots == {"curves_0.4.png", "curves_0.5.png", "curves_1.png"}
     table = (out / "table.md").read_text()
     assert "validation perplexity" in table and "| Clip5 |" in table
 
