@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--starts",
             type=int,
             default=None,
-            help=f"initial values per method (default {len(exp.starts)})",
+            help=f"initial values per method (default {len(exp.starts)}: "
+            f"{', '.join(f'{v:g}' for v in exp.starts)}; another N spaces N values over "
+            f"{list(exp.start_range or (min(exp.starts), max(exp.starts)))})",
         )
         t.add_argument(
             "--init-values",
@@ -94,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--grid",
             type=_floats,
             default=None,
-            help=f"explicit fixed-λ grid (default {list(exp.grid) or 'the starts'})",
+            help="explicit fixed-λ grid (default "
+            + ("the starts" if exp.grid_is_starts else str(list(exp.grid)))
+            + ")",
         )
         t.add_argument("--val-every", type=int, default=None, help="steps between validations")
         t.add_argument(
@@ -109,14 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
             type=float,
             default=None,
             help="multiply every method's hyper step, for runs shorter than the configs' "
-            f"horizon (default {exp.default_hyper_scale:g})",
+            f"horizon (default {exp.default_hyper_scale:g}, whatever --steps; 1 keeps the "
+            "configs' step)",
         )
         t.add_argument(
             "--warmup",
             type=int,
             default=None,
             help="the tuner's warm-up steps (default "
-            + ("the overlay's" if exp.default_warmup is None else str(exp.default_warmup))
+            + (
+                "the overlay's"
+                if exp.default_warmup is None
+                else f"{exp.default_warmup}, whatever --steps"
+            )
             + ")",
         )
         t.add_argument(
