@@ -88,9 +88,10 @@ class OnlineHyperparamCallback(pl.Callback):
     The LightningModule provides:
 
     - ``training_loss(batch) -> Tensor``: the regularized L_T(θ, λ) of one batch (its
-      ``training_step`` should return it, so that both agree). The callback replays it zero to
-      three times per step, depending on the method and the hyperparameters, so it should have
-      no side effects (no ``self.log``, no counters): log from ``training_step``;
+      ``training_step`` should return it, so that both agree). The callback replays it on each
+      micro-batch, as often as the method and the hyperparameters need (once for H y, twice
+      per finite-difference λ, not at all for some), so it should have no side effects (no
+      ``self.log``, no counters): log from ``training_step``;
     - ``validation_loss(batch) -> Tensor``: the unregularized L_V(θ), computed in eval mode:
       dropout is off, and batch-norm layers normalize with their running statistics and do
       not update them (the g_V pass leaves every buffer as it was);
