@@ -37,6 +37,7 @@ from lightning_hyperopt import (
     LSTMLanguageModel,
     OnlineHyperparamCallback,
 )
+from lightning_hyperopt.bench.records import bare_trainer
 from lightning_hyperopt.core.functional import inner
 from lightning_hyperopt.data import BPTTChunks, batchify
 
@@ -67,18 +68,12 @@ def hvp(model: LSTMLanguageModel, batch, v, retain: bool = False) -> torch.Tenso
 
 
 def trainer(device: str, steps: int, callbacks) -> pl.Trainer:
-    return pl.Trainer(
+    return bare_trainer(
+        callbacks,
+        steps,
         accelerator="gpu" if device == "cuda" else "cpu",
         devices=1,
-        max_steps=steps,
         gradient_clip_val=5.0,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
     )
 
 

@@ -37,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_hyperopt import Clip, LSTMLanguageModel, OnlineHyperparamCallback
+from lightning_hyperopt.bench.records import bare_trainer
 from lightning_hyperopt.data import BPTTChunks, batchify
 
 VOCAB, BATCH, BPTT = 10_000, 20, 35
@@ -73,18 +74,7 @@ def step_time(hidden: int, tuned: bool, warmup: int, steps: int) -> tuple[float,
     callbacks: list[pl.Callback] = [timer]
     if tuned:
         callbacks.append(OnlineHyperparamCallback(Clip(10.0, 1e-4)))
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=warmup + steps,
-        gradient_clip_val=5.0,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
+    trainer = bare_trainer(callbacks, warmup + steps, gradient_clip_val=5.0)
     trainer.fit(model, loader(warmup + steps, 0), loader(warmup + steps, 1))
     return timer.median_step(warmup)
 

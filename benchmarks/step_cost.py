@@ -42,6 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_hyperopt import Clip, Exact, FirstOrder, L2Penalty, OnlineHyperparamCallback, Unroll
+from lightning_hyperopt.bench.records import bare_trainer
 
 METHODS = {
     "Clip(r=20)": lambda: Clip(20.0, 1e-3),
@@ -119,17 +120,7 @@ def build(config: str, steps: int):
         model = MLP(int(n))
         callbacks = [OnlineHyperparamCallback(METHODS[method](), prog_bar=False)]
     timer = StepTimer()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        callbacks=[timer, *callbacks],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
+    trainer = bare_trainer([timer, *callbacks], steps)
     return model, trainer, timer
 
 

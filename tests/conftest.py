@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_hyperopt import Hyperparameter, L2Penalty, OnlineHyperparamCallback, WeightDecay
+from lightning_hyperopt.bench.records import bare_trainer
 
 
 def regression_data(n_train=24, n_val=256, n_features=12, noise=1.0, seed=0):
@@ -110,19 +111,7 @@ class Recorder(pl.Callback):
         self.values.append([float(h.value) for h in hs.values()])
 
 
-def make_trainer(callbacks, max_steps, **kwargs):
-    defaults = dict(
-        accelerator="cpu",
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-    defaults.update(kwargs)
-    return pl.Trainer(callbacks=callbacks, **defaults)
+make_trainer = bare_trainer
 
 
 NO_UPDATE = 10**9  # a warm-up that never ends: λ stays fixed

@@ -118,6 +118,26 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def bare_trainer(callbacks: Sequence[Any], max_steps: int, **overrides: Any) -> Any:
+    """A ``pl.Trainer`` on CPU for ``max_steps`` with nothing but training: no logger,
+    checkpoints, progress bar, model summary, sanity check or validation loop (the tuner
+    draws its own validation batches). ``overrides`` replace or add Trainer arguments."""
+    import pytorch_lightning as pl
+
+    settings: dict[str, Any] = dict(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    settings.update(overrides)
+    return pl.Trainer(callbacks=list(callbacks), **settings)
+
+
 def quiet_lightning() -> None:
     """Silence Lightning's banners, tips and warnings (the benchmarks print their own tables)."""
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
