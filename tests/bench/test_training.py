@@ -216,3 +216,11 @@ def test_summary_counts_dead_runs_apart():
     assert clip["best"] == pytest.approx(math.exp(4.3))
     assert s["time_to_quality"]["Clip5"]["reached"] == 1  # 4.3 <= the grid's 4.4 at 1 s
     assert s["time_to_quality"]["Clip5"]["median_ratio"] == pytest.approx(1.0 / 4.0)
+
+
+@pytest.mark.parametrize("flag", ["--grid", "--init-values"])
+def test_non_numeric_values_are_rejected(tmp_path, capsys, flag):
+    with pytest.raises(SystemExit):
+        main(["table3", "--out", str(tmp_path), flag, "0.4,high", "--no-progress"])
+    assert "'0.4,high': expected comma-separated numbers" in capsys.readouterr().err
+    assert not (tmp_path / "runs.jsonl").exists()  # nothing ran
