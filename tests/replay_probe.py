@@ -1,4 +1,4 @@
-"""Compare the H·y of the callback's replay with the H·y of the training step's own graph."""
+"""Compare the H·y the engine takes with the H·y of the training step's own graph."""
 
 from __future__ import annotations
 
@@ -9,19 +9,21 @@ import lightning_hyperopt.core.engine as engine_module
 from lightning_hyperopt.core.functional import inner
 
 
-class ReplayRecorder:
-    """Records every G_j = H y_j (+ ∂g/∂λ_j) the engine computes from a replayed loss."""
+class DriftRecorder:
+    """Records every batch of drifts G_j = H y_j (+ ∂g/∂λ_j) the engine takes from a graph,
+    as one flat vector per hyperparameter."""
 
     def __init__(self, monkeypatch) -> None:
         self.drifts: list[list[Tensor]] = []
-        original = engine_module.tangent_drift
+        original = engine_module.second_order_drift
 
-        def recording(loss, params, values, tangents):
-            out = original(loss, params, values, tangents)
-            self.drifts.append([torch.cat([d.reshape(-1) for d in drift]) for drift in out])
+        def recording(*args, **kwargs):
+            out = original(*args, **kwargs)
+            rows = torch.cat([d.reshape(d.shape[0], -1) for d in out], dim=1)
+            self.drifts.append(list(rows.detach().clone()))
             return out
 
-        monkeypatch.setattr(engine_module, "tangent_drift", recording)
+        monkeypatch.setattr(engine_module, "second_order_drift", recording)
 
 
 def hessian_vector_products(loss: Tensor, params: list[Tensor], tangents) -> list[Tensor]:

@@ -153,7 +153,8 @@ def test_nonfinite_hypergradient_is_skipped_and_counted():
         def validation_loss(self, batch):
             type(self).calls += 1
             loss = super().validation_loss(batch)
-            return loss * math.nan if type(self).calls == 3 else loss
+            # call 1 is the probe before training, calls 2, 3… the updates after steps 0, 1…
+            return loss * math.nan if type(self).calls == 4 else loss
 
     model = NaNOnce("l2", 0.05)
     cb, rec, _ = fit(model, Clip(5.0, 1.0), max_steps=5)
@@ -165,22 +166,27 @@ def test_nonfinite_hypergradient_is_skipped_and_counted():
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_nonfinite_tangent_is_reset_and_counted():
-    class NaNReplay(Regression):
-        calls = 0
+def test_nonfinite_tangent_is_reset_and_counted(monkeypatch):
+    """A Hessian-vector product that overflows (here: made to) resets y to 0 at that step
+    and is counted; θ's own step is untouched, and later steps carry a finite tangent."""
+    from lightning_hyperopt.core import engine as engine_module
 
-        def training_loss(self, batch):
-            type(self).calls += 1  # call 1: training_step; call 2: the callback's replay
-            loss = super().training_loss(batch)
-            return loss * math.inf if type(self).calls == 2 else loss
+    original, calls = engine_module.second_order_drift, [0]
 
-    model = NaNReplay("l2", 0.05)
-    cb, rec, _ = fit(model, Clip(5.0, 1.0), max_steps=3)
+    def overflowing(*args, **kwargs):
+        calls[0] += 1
+        out = original(*args, **kwargs)
+        return [d * math.inf for d in out] if calls[0] == 2 else out
+
+    monkeypatch.setattr(engine_module, "second_order_drift", overflowing)
+    model = Regression("l2", 0.05)
+    cb, rec, _ = fit(model, Clip(5.0, 1.0), max_steps=4)
     lam = [v[0] for v in rec.values]
     assert cb.engine.nonfinite == [1]
-    assert lam[0] == 0.05  # y was reset to 0 at step 0, so ⟨g_V, y⟩ = 0
-    assert lam[2] != lam[1]  # later steps carry a finite tangent again
+    assert lam[1] == lam[0]  # y was reset to 0 at step 1, so ⟨g_V, y⟩ = 0
+    assert lam[3] != lam[2]  # later steps carry a finite tangent again
     assert all(torch.isfinite(t).all() for t in cb.engine.tangents[0])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_validation_batches_come_from_hyperopt_dataloader_in_eval_mode():
@@ -195,23 +201,35 @@ def test_validation_batches_come_from_hyperopt_dataloader_in_eval_mode():
             return super().validation_loss(batch)
 
     fit(Custom("l2", 0.05), Clip(), max_steps=4)
-    # 256 samples in batches of 100: 100, 100, 56, then a new pass
-    assert seen == [(100, False), (100, False), (56, False), (100, False)]
+    # the probe before training, then 256 samples in batches of 100: 100, 100, 56, a new pass
+    assert seen == [(100, False), (100, False), (100, False), (56, False), (100, False)]
 
 
-def test_bf16_replay_runs_under_the_training_autocast():
-    seen = []
+def test_bf16_tuning_takes_h_y_from_the_autocast_graph(monkeypatch):
+    """Under bf16-mixed the training step runs under autocast, and H y comes from that graph:
+    the drift the engine takes equals H y of the step's own (autocast) loss."""
+    from replay_probe import DriftRecorder, hessian_vector_products
+
+    recorder = DriftRecorder(monkeypatch)
+    seen, in_step = [], []
 
     class Float32(Regression):
-        def training_loss(self, batch):
+        def training_step(self, batch, batch_idx):
             seen.append(torch.is_autocast_enabled("cpu"))
-            return super().training_loss(batch)
+            loss = super().training_step(batch, batch_idx)
+            (cb,) = [c for c in self.trainer.callbacks if hasattr(c, "engine")]
+            in_step.append(hessian_vector_products(loss, cb.engine.params, cb.engine.tangents))
+            return loss
 
-    model = Float32("l2", 0.05).float()
+    model = Float32("wd", 0.05).float()
     train, val = regression_data()
     data = tuple(
         torch.utils.data.TensorDataset(*(t.float() for t in ds.tensors)) for ds in (train, val)
     )
     _, rec, _ = fit(model, Clip(5.0, 1.0), max_steps=3, data=data, precision="bf16-mixed")
-    assert seen == [True] * 6  # training_step and the replay, at each of 3 steps
+    assert seen == [True] * 3
+    assert len(recorder.drifts) == 3
+    for taken, expected in zip(recorder.drifts[1:], in_step[1:]):
+        assert expected[0].norm() > 0
+        torch.testing.assert_close(taken[0], expected[0], rtol=1e-5, atol=1e-7)
     assert rec.values[-1][0] != 0.05 and math.isfinite(rec.values[-1][0])

@@ -155,7 +155,8 @@ def test_persistent_validation_workers_and_training_augmentation():
     val = DataLoader(Indexed(), batch_size=10, num_workers=1, persistent_workers=True)
     trainer = make_trainer([OnlineHyperparamCallback(Clip(5.0, 1.0))], 6, limit_val_batches=1)
     trainer.fit(model, DataLoader(Indexed(), batch_size=40), val)
-    assert model.seen == [0.0, 10.0, 20.0, 30.0, 0.0, 10.0]
+    # the probe before training, then the stream: 0, 10, 20, 30, a new pass: 0, 10
+    assert model.seen == [0.0, 0.0, 10.0, 20.0, 30.0, 0.0, 10.0]
 
 
 def test_hyperparameter_values_stay_float64_under_precision_casts():
@@ -191,5 +192,5 @@ def test_rnn_validation_gradient_runs_on_native_kernels():
     model = TinyRNN()
     trainer = make_trainer([OnlineHyperparamCallback(Clip(5.0, 1.0))], 2)
     trainer.fit(model, DataLoader(Indexed(), batch_size=40), DataLoader(Indexed(), batch_size=10))
-    assert model.kernels == [(False, False), (False, False)]
+    assert model.kernels == [(False, False)] * 3  # the probe, then after each of 2 steps
     assert torch.backends.cudnn.enabled and torch.backends.mkldnn.enabled  # restored

@@ -30,7 +30,7 @@ from torch import Tensor
 from lightning_hyperopt.core.functional import (
     hyperparameter_step,
     inner,
-    sgd_tangent_step,
+    sgd_tangent,
     tangent_drift,
 )
 from lightning_hyperopt.core.methods import Clip, Exact, FirstOrder, HyperMethod, Unroll
@@ -115,7 +115,8 @@ def run_vectorized(
         tangents = [[y]] if method.uses_tangent else [None]
         ((drift,),) = tangent_drift(loss, [theta], [shift], tangents)
         if method.uses_tangent:
-            (y,), _ = sgd_tangent_step([y], None, [drift], lr)
+            direction, _ = sgd_tangent(drift)
+            y = y - lr * direction
             (y,), _, clipped = method.project([y], batch_dim=0)
             if clipped is not None:
                 clipped_sum += float(clipped.double().mean())

@@ -144,5 +144,3 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     for module in ("pytorch_lightning", "lightning_fabric", "torch.utils.data"):
         warnings.filterwarnings("ignore", module=module)
-    # the PTB configs clip gradients: say once that the tangent ignores it, not once per fit
-    warnings.filterwarnings("once", message=".*gradient clipping is applied")

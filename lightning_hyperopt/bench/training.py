@@ -343,9 +343,9 @@ class Recorder(pl.Callback):
         loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
         self._losses.append(float(loss))
         engine = self.engine
-        if engine is not None and engine.clipped[0] is not None:
-            self._clipped.append(float(engine.clipped[0].float().mean()))
-        if engine is not None and engine.norms[0] is not None:
+        if engine is not None and engine.clipped is not None:
+            self._clipped.append(float(engine.clipped[0].float()))
+        if engine is not None and engine.norms is not None:
             self._norms.append(float(engine.norms[0]))
         step = trainer.global_step
         if step % self.every == 0 or step == trainer.max_steps:

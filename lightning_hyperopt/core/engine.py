@@ -1,63 +1,90 @@
-"""The joint dynamical system of θ, y = dθ/dλ and λ around a ``torch.optim.SGD`` optimizer.
+"""The joint dynamical system of θ, y = dθ/dλ and λ around a torch optimizer (SGD, Adam, AdamW).
 
 Framework-free: the Lightning callback and the benchmarks drive the same engine. Per step t:
 
-    advance(...)      before ``optimizer.step()``: y_{t+1} from (θ_t, y_t) with the SGD tangent
-    optimizer.step()  θ_{t+1} = θ_t − η_t d_t (the caller's)
-    update(...)       after it: λ ← λ − α_t ⟨g_V(θ_{t+1}), y_{t+1}⟩ when the method says so
+    backward(loss)    once per micro-batch, in place of ``loss.backward()``: fills ``p.grad`` and
+                      takes from the loss's own graph H y_j + ∂g/∂λ_j (one batched double
+                      back-prop for every λ_j); or, with ``fill_grads=False``, only the terms,
+                      keeping the graph for the caller's own backward
+    advance(...)      before ``optimizer.step()``: ġ_j = those terms (+ closed-form ∂g/∂λ of
+                      ``L2Penalty``, finite differences of dropout), through gradient clipping
+                      and the optimizer's update: y_{t+1} = P(dθ_{t+1}/dλ)
+    optimizer.step()  θ_{t+1} (the caller's)
+    update(val_loss)  after it: λ ← λ − α_t ⟨g_V(θ_{t+1}), y_{t+1}⟩ when the method says so
+
+The tangents of all m hyperparameters are the rows of one matrix (m, N) over the parameters laid
+end to end, so projections, inner products and optimizer tangents are a few vector operations
+whatever the number of parameters. Nothing here reads a device value back to the host: a
+non-finite loss, gradient, tangent or hypergradient is masked out on the device and counted
+(:meth:`TangentEngine.nonfinite_report` reads the counts when the caller asks).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from lightning_hyperopt.core.functional import (
     Tangent,
-    all_finite,
-    global_norm,
+    clip_norm_tangent,
+    clip_value_tangent,
     hyperparameter_step,
-    inner,
-    sgd_tangent_step,
-    tangent_drift,
+    second_order_drift,
 )
-from lightning_hyperopt.core.hyperparameters import Hyperparameter, WeightDecay
+from lightning_hyperopt.core.hyperparameters import (
+    Hyperparameter,
+    L2Penalty,
+    WeightDecay,
+    not_recorded,
+)
 from lightning_hyperopt.core.methods import HyperMethod
+from lightning_hyperopt.core.optimizers import FlatLayout, OptimizerTangent, check_optimizer
+
+__all__ = ["GradientClipping", "TangentEngine", "check_optimizer"]
+
+ClipAlgorithm = Literal["norm", "value"]
 
 
-def check_optimizer(optimizer: torch.optim.Optimizer, hyperparameters: Iterable[Any] = ()) -> None:
-    """Raise a clear error unless the tangent recurrence is exact for ``optimizer``."""
-    if type(optimizer) is not torch.optim.SGD:
-        raise TypeError(
-            f"online hyperparameter tuning supports torch.optim.SGD (with or without momentum "
-            f"or Nesterov) only, got {type(optimizer).__name__}"
-        )
-    for i, group in enumerate(optimizer.param_groups):
-        if group.get("maximize", False):
-            raise ValueError(f"SGD param group {i} has maximize=True, which is not supported")
-    groups = [h.group for h in hyperparameters if isinstance(h, WeightDecay)]
-    for group in groups:
-        if group >= len(optimizer.param_groups):
+@dataclass(frozen=True)
+class GradientClipping:
+    """The clipping applied to the gradient between the backward and the optimizer step
+    (Lightning's ``gradient_clip_val`` / ``gradient_clip_algorithm``): ``"norm"`` is
+    ``torch.nn.utils.clip_grad_norm_`` over every optimized parameter, ``"value"``
+    ``clip_grad_value_``."""
+
+    value: float
+    algorithm: ClipAlgorithm = "norm"
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ("norm", "value"):
             raise ValueError(
-                f"WeightDecay(group={group}) but the optimizer has "
-                f"{len(optimizer.param_groups)} param group(s)"
+                f"gradient clipping algorithm={self.algorithm!r} is not supported; accepted "
+                "values: 'norm', 'value'"
             )
-        if groups.count(group) > 1:
-            raise ValueError(f"two WeightDecay hyperparameters tune param group {group}")
+        if not float(self.value) > 0:
+            raise ValueError(f"gradient clipping value={self.value!r} must be > 0")
 
 
 class TangentEngine:
-    """Carries one tangent y_j = dθ/dλ_j per hyperparameter along SGD training.
+    """Carries one tangent y_j = dθ/dλ_j per hyperparameter along training.
 
     Args:
         method: the tuning method (reset / projection / hyper step rule).
         hyperparameters: name → hyperparameter; ``WeightDecay`` ones are written back into the
             optimizer.
-        optimizer: the ``torch.optim.SGD`` that trains θ.
+        optimizer: the ``torch.optim.SGD``, ``Adam`` or ``AdamW`` that trains θ.
         warmup_steps: λ is not updated after steps t < warmup_steps (y still moves).
+        gradient_clipping: the clipping the caller applies to ``p.grad`` before each
+            ``optimizer.step()`` (its derivative enters the tangent), or ``None``.
+        reduce: a mean over processes (data-parallel training) applied to the drift terms and
+            to the hypergradient, so that every process carries the same y and λ.
+        extra_grad_targets: tensors besides the optimized parameters whose ``.grad``
+            :meth:`backward` fills, as ``loss.backward()`` would (e.g. parameters of the model
+            that the optimizer does not hold).
     """
 
     def __init__(
@@ -66,6 +93,9 @@ class TangentEngine:
         hyperparameters: Mapping[str, Hyperparameter],
         optimizer: torch.optim.Optimizer,
         warmup_steps: int = 0,
+        gradient_clipping: GradientClipping | None = None,
+        reduce: Callable[[Tensor], Tensor] | None = None,
+        extra_grad_targets: Sequence[Tensor] = (),
     ) -> None:
         if not hyperparameters:
             raise ValueError("no hyperparameter to tune")
@@ -75,32 +105,86 @@ class TangentEngine:
         self.hypers = list(hyperparameters.values())
         self.optimizer = optimizer
         self.warmup_steps = warmup_steps
-        self.params: list[Tensor] = []
-        self.group_of: list[int] = []
+        self.gradient_clipping = gradient_clipping
+        self.reduce = reduce
+        params, group_of = [], []
         for k, group in enumerate(optimizer.param_groups):
             for p in group["params"]:
                 if p.requires_grad:
-                    self.params.append(p)
-                    self.group_of.append(k)
+                    params.append(p)
+                    group_of.append(k)
+        self.params: list[Tensor] = params
+        known = {id(p) for p in params}
+        self.grad_targets = params + [t for t in extra_grad_targets if id(t) not in known]
+        self.layout = FlatLayout(params)
         m = len(self.hypers)
+        self.rule = OptimizerTangent(optimizer, self.layout, group_of, m)
+        self.autograd_rows = [j for j, h in enumerate(self.hypers) if h.drift_source == "autograd"]
+        self.closed_form_rows = [
+            j for j, h in enumerate(self.hypers) if h.drift_source == "closed_form"
+        ]
+        self.finite_difference_rows = [
+            j for j, h in enumerate(self.hypers) if h.drift_source == "finite_difference"
+        ]
+        for j in self.closed_form_rows:
+            if not isinstance(self.hypers[j], L2Penalty):
+                raise TypeError(
+                    f"{self.names[j]}: drift_source='closed_form' is implemented for L2Penalty only"
+                )
+        self.decay_rows: dict[int, Tensor] = {}
+        for j, h in enumerate(self.hypers):
+            if isinstance(h, WeightDecay):
+                e = torch.zeros(m, dtype=self.layout.dtype, device=self.layout.device)
+                e[j] = 1.0
+                self.decay_rows[h.group] = e
         self.step = 0
-        self.lr = float(optimizer.param_groups[0]["lr"])
-        self.tangents: list[Tangent] = [self._zeros() for _ in range(m)]
-        self.momentum_tangents: list[Tangent | None] = [None] * m
-        self.drifts: list[Tangent | None] = [None] * m  # first order: ∂g_T/∂λ of the last step
-        self.norms: list[Tensor | None] = [None] * m
-        self.clipped: list[Tensor | None] = [None] * m
-        self.hypergradients: list[Tensor | None] = [None] * m
-        self.nonfinite = [0] * m
         self.updates = 0
+        self.lr = float(optimizer.param_groups[0]["lr"])
+        n, dtype, device = self.layout.numel, self.layout.dtype, self.layout.device
+        self.tangent = torch.zeros(m, n, dtype=dtype, device=device)  # row j: y_j
+        #: first order: the tangent of the update direction, ḋ_j (h_j = −⟨g_V, ḋ_j⟩)
+        self.direction: Tensor | None = None
+        self.norms: Tensor | None = None
+        self.clipped: Tensor | None = None
+        self.hypergradients: Tensor | None = None
+        self._nonfinite = torch.zeros(m, dtype=torch.int64, device=device)
+        self._streak = torch.zeros((), dtype=torch.int64, device=device)
+        self._streak_max = torch.zeros((), dtype=torch.int64, device=device)
+        self._masks: dict[tuple[int, ...], Tensor] = {}
+        self._window_open = False
+        self._micro_batches = 0
+        self._drift: Tensor | None = None
+        self._loss_ok: Tensor | None = None
+        self._hvp = False
         self.sync_weight_decay()
+        self.attach()
 
-    def _zeros(self) -> Tangent:
-        return [torch.zeros_like(p) for p in self.params]
+    # ------------------------------------------------------------------------- lifecycle
+    def attach(self) -> None:
+        """Hyperparameters in the loss's graph require grad; penalties record their calls."""
+        self.track(True)
+        for j in self.closed_form_rows:
+            self.hypers[j].record_calls(True)  # type: ignore[operator]
 
-    def _reset(self, j: int) -> None:
-        self.tangents[j] = self._zeros()
-        self.momentum_tangents[j] = None
+    def detach(self) -> None:
+        """Undo :meth:`attach` (at the end of training)."""
+        self.track(False)
+        for j in self.closed_form_rows:
+            self.hypers[j].record_calls(False)  # type: ignore[operator]
+
+    def track(self, enabled: bool) -> None:
+        """Whether the values of hyperparameters differentiated by autograd require grad: a
+        training loss built while they do has the graph to them that :meth:`backward` needs.
+        (A caller may switch it off between training steps, so that reading λ elsewhere does
+        not meet a tensor that requires grad.)"""
+        for j in self.autograd_rows:
+            self.hypers[j].value.requires_grad_(enabled)
+
+    @property
+    def tangents(self) -> list[Tangent]:
+        """y_j as one tensor per parameter (views of :attr:`tangent`), for each λ_j."""
+        views = self.layout.views(self.tangent)
+        return [[v[j] for v in views] for j in range(len(self.hypers))]
 
     def sync_weight_decay(self) -> None:
         """Write each ``WeightDecay`` value into its optimizer param group."""
@@ -108,184 +192,335 @@ class TangentEngine:
             if isinstance(h, WeightDecay):
                 self.optimizer.param_groups[h.group]["weight_decay"] = float(h.value)
 
-    # ------------------------------------------------------------------ before optimizer.step
-    def step_applies(self) -> bool:
-        """Whether the coming SGD step moves θ: some gradient exists and all are finite."""
-        grads = [p.grad for p in self.params if p.grad is not None]
-        return bool(grads) and all_finite(grads)
-
-    def advance(self, losses: Callable[[], Iterable[Tensor]]) -> None:
-        """y_{t+1} = P(y_t − η D(G)), G_j = H y_j + ∂g/∂λ_j, for the SGD step about to run.
-
-        ``losses`` is called with every in-loss λ requiring grad and yields the training-loss
-        terms whose θ-gradient is the one in ``p.grad`` (e.g. one per accumulated micro-batch,
-        each already divided by the number of micro-batches).
-        """
+    # ------------------------------------------------------------------------ per micro-batch
+    def _open_window(self) -> None:
+        """At the first backward of a step: UnrollK's reset, and whether H y is needed."""
+        if self._window_open:
+            return
+        self._window_open = True
         reset = self.method.resets_at(self.step)
         if reset:
-            for j in range(len(self.hypers)):
-                self._reset(j)
-        use_y = self.method.uses_tangent
+            self.tangent.zero_()
+            self.rule.reset()
         # right after a reset y = 0, so H y = 0: the Hessian-vector product is skipped
-        # (every step of Unroll1, one in K of UnrollK)
-        hessian_term = use_y and not reset
-        values = [h.value if h.drift_source == "autograd" else None for h in self.hypers]
-        drifts = [self._zeros() for _ in self.hypers]
-        for v in values:
-            if v is not None:
-                v.requires_grad_(True)
-        # no H y term and only optimizer-side or finite-difference λ: nothing to back-prop
-        needs_replay = hessian_term or any(v is not None for v in values)
-        try:
-            for loss in losses() if needs_replay else ():
-                tangents = self.tangents if hessian_term else [None] * len(self.hypers)
-                for acc, d in zip(drifts, tangent_drift(loss, self.params, values, tangents)):
-                    for a, di in zip(acc, d):
-                        a.add_(di)
-        finally:
-            for v in values:
-                if v is not None:
-                    v.requires_grad_(False)
-        self._add_finite_difference_terms(drifts, losses)
-        self._add_weight_decay_terms(drifts, use_y)
-        groups = self.optimizer.param_groups
-        self.lr = float(groups[0]["lr"])
-        for j in range(len(self.hypers)):
-            if not use_y:
-                self.drifts[j] = drifts[j]
-                continue
-            y, z = self._sgd_tangent(self.tangents[j], self.momentum_tangents[j], drifts[j])
-            y, self.norms[j], self.clipped[j] = self.method.project(y)
-            if all_finite(y + (z or [])):
-                self.tangents[j], self.momentum_tangents[j] = y, z
-            else:
-                self.nonfinite[j] += 1
-                self._reset(j)
-        self.step += 1
+        self._hvp = self.method.uses_tangent and not reset
+        self._micro_batches = 0
+        self._drift = None
+        self._loss_ok = None
 
-    def _add_finite_difference_terms(
-        self, drifts: list[Tangent], losses: Callable[[], Iterable[Tensor]]
+    def discard(self) -> None:
+        """Forget the micro-batches back-propagated since the last :meth:`advance`: their
+        gradient was dropped without an optimizer step (``zero_grad`` of a partial window)."""
+        self._window_open = False
+        self._micro_batches = 0
+        self._drift = None
+        self._loss_ok = None
+        for j in self.closed_form_rows:
+            # the zero_grad of a new window comes after its first forward: keep that call
+            self.hypers[j].drop_back_propagated()  # type: ignore[attr-defined]
+
+    @property
+    def needs_graph(self) -> bool:
+        """Whether the coming backward must keep the loss's graph for second derivatives."""
+        return self.method.uses_tangent and not self.method.resets_at(self.step)
+
+    def backward(
+        self,
+        loss: Tensor,
+        fill_grads: bool = True,
+        run_backward: Callable[[], None] | None = None,
+    ) -> None:
+        """Back-propagate one micro-batch's training loss and take its drift terms.
+
+        G_j += H y_j + ∂g/∂λ_j (λ_j in the loss's graph) from this loss's own graph. With
+        ``fill_grads`` the gradient goes into ``p.grad`` as ``loss.backward()`` would put it
+        (accumulating): computed here when the graph is needed anyway, else by
+        ``run_backward`` (default ``loss.backward()``). With ``fill_grads=False`` the graph is
+        kept and nothing is written: the caller back-propagates ``loss`` itself afterwards.
+        The loss must be the one whose gradient the optimizer will use (scaled by the caller,
+        e.g. divided by the number of accumulated micro-batches).
+        """
+        if loss.numel() != 1:
+            raise ValueError(
+                f"the training loss must be a scalar, got a tensor of shape {tuple(loss.shape)}"
+            )
+        self._open_window()
+        finite = torch.isfinite(loss.detach())
+        self._loss_ok = finite if self._loss_ok is None else self._loss_ok & finite
+        keep = not fill_grads
+        values = [self.hypers[j].value for j in self.autograd_rows]
+        params = self.params
+        if self._hvp:
+            targets = self.grad_targets
+            firsts = torch.autograd.grad(
+                loss, [*targets, *values], create_graph=True, allow_unused=True
+            )
+            grads = firsts[: len(targets)]
+            if fill_grads:
+                for t, g in zip(targets, grads):
+                    if g is not None:
+                        g = g.detach()
+                        if t.grad is None:
+                            t.grad = g
+                        else:
+                            t.grad.add_(g)
+            hyper = self._hyper_grads(firsts[len(targets) :])
+            found = second_order_drift(
+                grads[: len(params)],
+                params,
+                self.layout.views(self.tangent),
+                hyper,
+                retain_graph=keep,
+            )
+            self._add_drift(found)
+        else:
+            if values:
+                firsts = torch.autograd.grad(
+                    loss, values, create_graph=True, retain_graph=True, allow_unused=True
+                )
+                found = second_order_drift(
+                    [None] * len(params),
+                    params,
+                    None,
+                    self._hyper_grads(firsts),
+                    rows=len(self.hypers),
+                    retain_graph=True,
+                )
+                self._add_drift(found)
+            if fill_grads:
+                if run_backward is None:
+                    loss.backward(inputs=self.grad_targets)
+                else:
+                    run_backward()
+        self._micro_batches += 1
+
+    def _hyper_grads(self, found: Sequence[Tensor | None]) -> dict[int, Tensor]:
+        out = {}
+        for j, d in zip(self.autograd_rows, found):
+            if d is None:
+                raise ValueError(
+                    f"the training loss does not depend on hyperparameter {self.names[j]!r}: "
+                    "use its value (e.g. `self.my_hparam.value`) in the loss the training step "
+                    "returns"
+                )
+            out[j] = d
+        return out
+
+    def _add_drift(self, per_param: Sequence[Tensor]) -> None:
+        flat = torch.cat([d.reshape(d.shape[0], -1) for d in per_param], dim=1)
+        self._drift = flat if self._drift is None else self._drift.add_(flat)
+
+    # ------------------------------------------------------------------- before optimizer.step
+    @property
+    def step_pending(self) -> bool:
+        """Whether some micro-batch was back-propagated since the last :meth:`advance`."""
+        return self._window_open and self._micro_batches > 0
+
+    def advance(
+        self,
+        replay: Callable[[], Iterable[Tensor]] | None = None,
+        loss_scale: Tensor | float | None = None,
+        step_skipped: Tensor | None = None,
+    ) -> bool:
+        """y_{t+1} = P(dθ_{t+1}/dλ) for the optimizer step about to run.
+
+        ``replay`` yields the training-loss terms of the step again (one per micro-batch,
+        scaled like the originals), each call drawing the step's own randomness: it is needed
+        only by finite-difference hyperparameters (dropout). ``loss_scale``: the factor the
+        back-propagated losses carried (an AMP grad scaler's) that ``p.grad`` no longer has.
+        ``step_skipped``: a device flag, true when the optimizer will not step (the grad
+        scaler found an inf). Returns False, moving nothing, when no micro-batch was
+        back-propagated (no gradient, so no step).
+        """
+        if not self.step_pending:
+            self._window_open = False
+            return False
+        self._window_open = False
+        m, n = len(self.hypers), self.layout.numel
+        drift = self._drift
+        if drift is None:
+            drift = self.tangent.new_zeros((m, n))
+        theta = self.layout.flatten(self.params)
+        self._add_closed_form(drift, theta)
+        if loss_scale is not None:
+            drift = drift / loss_scale
+        if self.finite_difference_rows:
+            if replay is None:
+                raise ValueError(
+                    "finite-difference hyperparameters "
+                    f"{[self.names[j] for j in self.finite_difference_rows]} need `replay`"
+                )
+            self._add_finite_differences(drift, replay)
+        if self.reduce is not None:
+            drift = self.reduce(drift)
+        grad = self.layout.flatten(p.grad for p in self.params)
+        grad_norm = torch.linalg.vector_norm(grad)
+        finite = self._loss_ok & torch.isfinite(grad_norm)
+        if step_skipped is None:
+            step_ok, bad_step = finite, ~finite
+        else:  # the grad scaler's skip is expected: not counted, but θ does not move
+            step_ok, bad_step = finite & ~step_skipped, ~finite & ~step_skipped
+        grad_tangent = drift
+        clip = self.gradient_clipping
+        if clip is not None:
+            if clip.algorithm == "norm":
+                grad_tangent = clip_norm_tangent(drift, grad, clip.value)
+                grad = grad * torch.clamp(clip.value / (grad_norm + 1e-6), max=1.0)
+            else:
+                grad_tangent = clip_value_tangent(drift, grad, clip.value)
+                grad = grad.clamp(-clip.value, clip.value)
+        self.lr = float(self.optimizer.param_groups[0]["lr"])
+        new, delta, state = self.rule.step(self.tangent, grad_tangent, grad, theta, self.decay_rows)
+        (new,), norms, clipped = self.method.project([new], batch_dim=0)
+        rows_ok = torch.isfinite(norms)
+        keep = (step_ok & rows_ok).unsqueeze(1)
+        reset = (step_ok & ~rows_ok).unsqueeze(1)  # a non-finite tangent starts again from 0
+        self.tangent = torch.where(keep, new, torch.where(reset, 0.0, self.tangent))
+        for name, t in state.items():
+            old = self.rule.state[name]
+            self.rule.state[name] = (
+                None
+                if t is None
+                else torch.where(keep, t, torch.where(reset, 0.0, 0.0 if old is None else old))
+            )
+        if not self.method.uses_tangent:
+            self.direction = torch.where(keep, delta, 0.0)
+        self.norms, self.clipped = norms, clipped
+        self._nonfinite += (bad_step | (step_ok & ~rows_ok)).long()
+        self._streak = (self._streak + 1) * bad_step.long()
+        self._streak_max = torch.maximum(self._streak_max, self._streak)
+        self.step += 1
+        return True
+
+    def _add_closed_form(self, drift: Tensor, theta: Tensor) -> None:
+        """∂g/∂λ_j = Σ_calls a · θ_call for the penalties, from the calls they recorded."""
+        for j in self.closed_form_rows:
+            penalty = self.hypers[j]
+            used = False
+            for call in penalty.take_calls():  # type: ignore[attr-defined]
+                if call.coefficient is None:  # built but not back-propagated
+                    continue
+                used = True
+                drift[j].add_(call.coefficient.to(theta.dtype) * self._mask(call.params) * theta)
+            if not used:
+                raise ValueError(
+                    f"L2Penalty {self.names[j]!r} was not part of the training loss of step "
+                    f"{self.step}: call it (e.g. `self.{self.names[j]}(params)`) in the loss "
+                    "that training_step returns"
+                )
+
+    def _mask(self, params: Sequence[Tensor]) -> Tensor:
+        """1 on the entries of ``params`` (counted as often as they appear), 0 elsewhere."""
+        key = tuple(id(p) for p in params)
+        mask = self._masks.get(key)
+        if mask is None:
+            counts = [0.0] * len(self.params)
+            index = {id(p): i for i, p in enumerate(self.params)}
+            for p in params:
+                if id(p) in index:
+                    counts[index[id(p)]] += 1.0
+            mask = self.layout.expand(counts, slice(0, len(self.params))).to(self.layout.dtype)
+            self._masks[key] = mask
+        return mask
+
+    def _add_finite_differences(
+        self, drift: Tensor, replay: Callable[[], Iterable[Tensor]]
     ) -> None:
         """∂g_T/∂λ ≈ (g_T(λ₊) − g_T(λ₋)) / (λ₊ − λ₋) for finite-difference hyperparameters,
         from two more replays sharing one seed (coupled random draws)."""
-        for j, h in enumerate(self.hypers):
-            if h.drift_source != "finite_difference":
-                continue
+        for j in self.finite_difference_rows:
+            h = self.hypers[j]
             seed = (self.step * 1_000_003 + j) % (2**62)  # reproducible across resumes
             grads, used = [], []
             for sign in (+1, -1):
-                acc = self._zeros()
-                with h.perturbed(sign, seed) as value:
-                    for loss in losses():
+                acc: list[Tensor | None] = [None] * len(self.params)
+                with h.perturbed(sign, seed) as value, not_recorded():
+                    for loss in replay():
                         got = torch.autograd.grad(loss, self.params, allow_unused=True)
-                        for a, g in zip(acc, got):
+                        for i, g in enumerate(got):
                             if g is not None:
-                                a.add_(g.detach())
-                grads.append(acc)
-                used.append(float(value))
-            width = used[0] - used[1]
-            for d, plus, minus in zip(drifts[j], *grads):
-                d.add_((plus - minus) / width)
+                                acc[i] = g if acc[i] is None else acc[i] + g
+                grads.append(self.layout.flatten(acc))
+                used.append(value)
+            drift[j].add_((grads[0] - grads[1]) / (used[0] - used[1]))
 
-    def _add_weight_decay_terms(self, drifts: list[Tangent], use_y: bool) -> None:
-        """SGD's wd·θ: H gains wd·I on each group; ∂g/∂λ = θ on the group of a WeightDecay λ."""
-        groups = self.optimizer.param_groups
-        for j, h in enumerate(self.hypers):
-            for i, (p, k) in enumerate(zip(self.params, self.group_of)):
-                wd = groups[k]["weight_decay"]
-                if use_y and wd != 0:
-                    drifts[j][i].add_(self.tangents[j][i], alpha=wd)
-                if isinstance(h, WeightDecay) and h.group == k:
-                    drifts[j][i].add_(p.detach())
-
-    def _sgd_tangent(
-        self, tangent: Tangent, momentum_tangent: Tangent | None, drift: Tangent
-    ) -> tuple[Tangent, Tangent | None]:
-        """Apply each param group's SGD tangent step; params SGD skips (no grad) keep their y."""
-        new_y = list(tangent)
-        new_z = None if momentum_tangent is None else list(momentum_tangent)
-        for k, group in enumerate(self.optimizer.param_groups):
-            idx = [
-                i for i, g in enumerate(self.group_of) if g == k and self.params[i].grad is not None
-            ]
-            if not idx:
-                continue
-            p0 = self.params[idx[0]]
-            first = self.optimizer.state.get(p0, {}).get("momentum_buffer") is None
-            y, z = sgd_tangent_step(
-                [tangent[i] for i in idx],
-                None if momentum_tangent is None or first else [momentum_tangent[i] for i in idx],
-                [drift[i] for i in idx],
-                lr=float(group["lr"]),
-                momentum=float(group["momentum"]),
-                dampening=float(group["dampening"]),
-                nesterov=bool(group["nesterov"]),
-                first_step=first,
-            )
-            for n, i in enumerate(idx):
-                new_y[i] = y[n]
-            if z is not None:
-                if new_z is None:
-                    new_z = self._zeros()
-                for n, i in enumerate(idx):
-                    new_z[i] = z[n]
-        return new_y, new_z
-
-    # ------------------------------------------------------------------- after optimizer.step
+    # -------------------------------------------------------------------- after optimizer.step
     def should_update(self) -> bool:
         """Whether λ moves after the step just taken (t = step − 1)."""
         t = self.step - 1
         return t >= 0 and t >= self.warmup_steps and self.method.updates_at(t)
 
     def update(self, validation_loss: Callable[[], Tensor]) -> bool:
-        """λ_j ← λ_j − α_t h_j with h_j = ⟨g_V(θ_{t+1}), y_j⟩ (first order: −⟨g_V, ∂g_T/∂λ_j⟩).
+        """λ_j ← λ_j − α_t h_j with h_j = ⟨g_V(θ_{t+1}), y_j⟩ (first order: −⟨g_V, ḋ_j⟩).
 
         ``validation_loss`` returns L_V(θ) with a graph through the parameters. Returns whether
-        λ was updated. A non-finite h_j skips λ_j, resets y_j and is counted.
+        λ was updated. A non-finite h_j (or new λ_j) leaves λ_j as it was, resets y_j and is
+        counted.
         """
         if not self.should_update():
             return False
-        loss = validation_loss()
+        with not_recorded():
+            loss = validation_loss()
+        if loss.numel() != 1:
+            raise ValueError(
+                f"validation_loss must return a scalar, got a tensor of shape {tuple(loss.shape)}"
+            )
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-        g_val = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
+        g_val = self.layout.flatten(grads).to(self.tangent.dtype)
+        if self.method.uses_tangent:
+            hypergradient = self.tangent @ g_val
+        else:
+            direction = self.direction if self.direction is not None else self.tangent
+            hypergradient = -(direction @ g_val)
+        if self.reduce is not None:
+            hypergradient = self.reduce(hypergradient)
+        self.hypergradients = hypergradient.detach()
         alpha = self.method.hyper_step(self.lr)
-        for j, h in enumerate(self.hypers):
-            if self.method.uses_tangent:
-                hypergradient = inner(g_val, self.tangents[j])
-            else:
-                hypergradient = -inner(g_val, self.drifts[j])
-            self.hypergradients[j] = hypergradient.detach()
-            with torch.no_grad():
+        ok = []
+        with torch.no_grad():
+            for j, h in enumerate(self.hypers):
                 new = hyperparameter_step(
-                    h.value, hypergradient, alpha, h.parameterization, h.bounds
+                    h.value, hypergradient[j], alpha, h.parameterization, h.bounds
                 )
-            if not torch.isfinite(new):  # a non-finite h, or an overflowing log step
-                self.nonfinite[j] += 1
-                self._reset(j)
-                continue
-            h.value.copy_(new)
+                finite = torch.isfinite(new)  # a non-finite h, or an overflowing log step
+                h.value.copy_(torch.where(finite, new, h.value))
+                ok.append(finite)
+            good = torch.stack(ok)
+            self.tangent = torch.where(good.unsqueeze(1), self.tangent, 0.0)
+            self._nonfinite += (~good).long()
         self.updates += 1
         self.sync_weight_decay()
         return True
 
-    # ------------------------------------------------------------------------------- reporting
-    def metrics(self) -> dict[str, Tensor | float]:
+    # ------------------------------------------------------------------------------ reporting
+    def metrics(self) -> dict[str, Tensor]:
         """Per hyperparameter: λ, its last hypergradient, ‖y‖, whether y was clipped, and the
-        number of non-finite tangents or hypergradients skipped so far."""
-        out: dict[str, Tensor | float] = {}
-        for j, (name, h) in enumerate(zip(self.names, self.hypers)):
-            out[f"{name}"] = h.value.detach()
-            if self.hypergradients[j] is not None:
+        number of non-finite steps, tangents or hypergradients skipped so far (device tensors:
+        reading them is the caller's choice)."""
+        out: dict[str, Tensor] = {}
+        norms = self.norms if self.norms is not None else self.tangent.norm(dim=1)
+        for j, name in enumerate(self.names):
+            out[name] = self.hypers[j].value.detach()
+            if self.hypergradients is not None:
                 out[f"{name}/hypergradient"] = self.hypergradients[j]
             if self.method.uses_tangent:
-                norm = self.norms[j]
-                out[f"{name}/tangent_norm"] = (
-                    global_norm(self.tangents[j]) if norm is None else norm
-                )
-            if self.clipped[j] is not None:
+                out[f"{name}/tangent_norm"] = norms[j]
+            if self.clipped is not None:
                 out[f"{name}/clipped"] = self.clipped[j].float()
-            out[f"{name}/nonfinite"] = float(self.nonfinite[j])
+            out[f"{name}/nonfinite"] = self._nonfinite[j].float()
         return out
+
+    @property
+    def nonfinite(self) -> list[int]:
+        """Per hyperparameter, the skipped non-finite steps, tangents and hypergradients."""
+        return [int(n) for n in self._nonfinite.tolist()]
+
+    def nonfinite_report(self) -> tuple[int, int]:
+        """(non-finite training steps in a row now, the longest such run since the last
+        report): one read from the device."""
+        now, longest = torch.stack([self._streak, self._streak_max]).tolist()
+        self._streak_max.copy_(self._streak)
+        return int(now), int(longest)
 
     # --------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -295,12 +530,12 @@ class TangentEngine:
             "step": self.step,
             "updates": self.updates,
             "lr": self.lr,
-            "nonfinite": list(self.nonfinite),
-            "tangents": [[t.detach().clone() for t in y] for y in self.tangents],
-            "momentum_tangents": [
-                None if z is None else [t.detach().clone() for t in z]
-                for z in self.momentum_tangents
-            ],
+            "nonfinite": self.nonfinite,
+            "tangent": self.tangent.detach().clone(),
+            "optimizer_tangents": {
+                k: None if t is None else t.detach().clone() for k, t in self.rule.state.items()
+            },
+            "direction": None if self.direction is None else self.direction.detach().clone(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -309,18 +544,28 @@ class TangentEngine:
                 f"the checkpoint tunes hyperparameters {list(state['names'])} but the model "
                 f"declares {self.names}"
             )
-        shapes = [tuple(p.shape) for p in self.params]
-        for y in state["tangents"]:
-            if [tuple(t.shape) for t in y] != shapes:
-                raise ValueError("the checkpoint's tangents do not match the model's parameters")
+        tangent = state.get("tangent")
+        if not isinstance(tangent, Tensor) or tuple(tangent.shape) != tuple(self.tangent.shape):
+            raise ValueError(
+                "the checkpoint's tangents do not match the model's parameters "
+                f"(expected a tensor of shape {tuple(self.tangent.shape)})"
+            )
+        if set(state["optimizer_tangents"]) != set(self.rule.state):
+            raise ValueError(
+                f"the checkpoint carries optimizer tangents {sorted(state['optimizer_tangents'])}"
+                f" but this optimizer needs {sorted(self.rule.state)}"
+            )
+        like = self.tangent
         self.step = int(state["step"])
         self.updates = int(state["updates"])
         self.lr = float(state["lr"])
-        self.nonfinite = [int(n) for n in state["nonfinite"]]
-        self.tangents = [
-            [t.to(p.device, p.dtype) for t, p in zip(y, self.params)] for y in state["tangents"]
-        ]
-        self.momentum_tangents = [
-            None if z is None else [t.to(p.device, p.dtype) for t, p in zip(z, self.params)]
-            for z in state["momentum_tangents"]
-        ]
+        self._nonfinite = torch.tensor(
+            [int(n) for n in state["nonfinite"]], dtype=torch.int64, device=like.device
+        )
+        self.tangent = tangent.to(like.device, like.dtype)
+        self.rule.state = {
+            k: None if t is None else t.to(like.device, like.dtype)
+            for k, t in state["optimizer_tangents"].items()
+        }
+        direction = state.get("direction")
+        self.direction = None if direction is None else direction.to(like.device, like.dtype)

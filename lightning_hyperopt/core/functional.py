@@ -5,7 +5,7 @@ A tangent ``y = dθ/dλ`` is a list of tensors shaped like the parameters θ it 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -66,84 +66,206 @@ def project_l2_ball(
     return [t * _along(scale, t, batch_dim) for t in tangent], norm, norm > radius
 
 
+def second_order_drift(
+    grads: Sequence[Tensor | None],
+    params: Sequence[Tensor],
+    tangents: Sequence[Tensor] | None,
+    hyper_grads: Mapping[int, Tensor] | None = None,
+    rows: int | None = None,
+    retain_graph: bool = False,
+) -> list[Tensor]:
+    """G_j = H y_j + ∂g/∂λ_j = ∇_θ [⟨g, y_j⟩ + ∂L/∂λ_j] for every row j, in one double back-prop.
+
+    ``grads`` are g = ∇_θ L built with ``create_graph=True`` (``None`` where a parameter is not
+    in the loss). ``tangents``: one tensor of shape (m, *p.shape) per parameter, row j holding
+    y_j, or ``None`` to drop the H y term (then ``rows`` gives m). ``hyper_grads`` maps a row j
+    to ∂L/∂λ_j for the hyperparameters that are in the loss's graph (0-dim, also built with
+    ``create_graph=True``); the other rows get H y_j alone. With several rows the products are
+    batched (``is_grads_batched``): one pass over the backward graph serves every λ_j.
+    Returns one tensor of shape (m, *p.shape) per parameter (zeros where no path exists).
+    """
+    hyper_grads = hyper_grads or {}
+    m = tangents[0].shape[0] if tangents is not None else rows
+    if m is None:
+        raise ValueError("second_order_drift needs tangents or rows")
+    batched = m > 1  # a single row takes plain products: no vmap overhead
+    outputs: list[Tensor] = []
+    cotangents: list[Tensor] = []
+    if tangents is not None:
+        for g, y in zip(grads, tangents, strict=True):
+            if g is not None and g.requires_grad:
+                outputs.append(g)
+                cotangents.append(y if batched else y[0])
+    for j, d in hyper_grads.items():
+        if d.requires_grad:
+            outputs.append(d)
+            onehot = torch.zeros(m, dtype=d.dtype, device=d.device)
+            onehot[j] = 1.0
+            cotangents.append(onehot if batched else onehot[0])
+    if not outputs:
+        return [p.new_zeros((m, *p.shape)) for p in params]
+    found = torch.autograd.grad(
+        outputs,
+        list(params),
+        grad_outputs=cotangents,
+        retain_graph=retain_graph,
+        allow_unused=True,
+        is_grads_batched=batched,
+    )
+    return [
+        p.new_zeros((m, *p.shape)) if d is None else (d if batched else d.unsqueeze(0))
+        for p, d in zip(params, found)
+    ]
+
+
 def tangent_drift(
     loss: Tensor,
     params: Sequence[Tensor],
     hyper_values: Sequence[Tensor | None],
     tangents: Sequence[Sequence[Tensor] | None],
 ) -> list[Tangent]:
-    """G_j = H y_j + ∂g_T/∂λ_j = ∇_θ [⟨g_T, y_j⟩ + ∂L_T/∂λ_j], one double back-prop per λ_j.
+    """G_j = H y_j + ∂g_T/∂λ_j = ∇_θ [⟨g_T, y_j⟩ + ∂L_T/∂λ_j] for each λ_j.
 
     ``loss`` is L_T(θ, λ) built with a graph through ``params`` and through each 0-dim
     ``hyper_values[j]`` (which must require grad). A ``None`` hyperparameter is not in the
     loss (an optimizer-side hyperparameter): its G_j is H y_j alone. A ``None`` tangent drops
     the H y_j term (G_j = ∂g_T/∂λ_j, the first-order method). Linear in ``loss``, so drifts
-    of several micro-batch losses add up. ``p.grad`` is left untouched.
+    of several micro-batch losses add up. ``p.grad`` is left untouched. The products of all
+    λ_j share one batched double back-prop (:func:`second_order_drift`).
     """
     in_loss = [v for v in hyper_values if v is not None]
     firsts = torch.autograd.grad(loss, [*params, *in_loss], create_graph=True, allow_unused=True)
-    g_train = [torch.zeros_like(p) if g is None else g for p, g in zip(params, firsts)]
-    dloss_dhyper = iter(firsts[len(params) :])
-    objectives: list[Tensor | None] = []
-    for j, (value, tangent) in enumerate(zip(hyper_values, tangents, strict=True)):
-        objective = None if tangent is None else inner(g_train, tangent)
-        if value is not None:
-            d = next(dloss_dhyper)
-            if d is None:
-                raise ValueError(
-                    f"the training loss does not depend on hyperparameter #{j}: use its value "
-                    "(e.g. `self.l2(params)` or `self.my_hparam.value`) inside `training_loss`"
-                )
-            objective = d if objective is None else objective + d
-        objectives.append(objective)
-    live = [k for k, o in enumerate(objectives) if o is not None and o.requires_grad]
-    drifts = [[torch.zeros_like(p) for p in params] for _ in objectives]
-    for n, k in enumerate(live):
-        grads = torch.autograd.grad(
-            objectives[k], params, retain_graph=n < len(live) - 1, allow_unused=True
-        )
-        drifts[k] = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-    return drifts
+    grads, dloss_dhyper = firsts[: len(params)], iter(firsts[len(params) :])
+    hyper_grads: dict[int, Tensor] = {}
+    for j, value in enumerate(hyper_values):
+        if value is None:
+            continue
+        d = next(dloss_dhyper)
+        if d is None:
+            raise ValueError(
+                f"the training loss does not depend on hyperparameter #{j}: use its value "
+                "(e.g. `self.l2(params)` or `self.my_hparam.value`) inside `training_loss`"
+            )
+        hyper_grads[j] = d
+    m = len(hyper_values)
+    rows = [j for j, t in enumerate(tangents) if t is not None]
+    stacked = None
+    if rows:
+        stacked = [
+            torch.stack([p.new_zeros(p.shape) if t is None else t[i] for t in tangents])
+            for i, p in enumerate(params)
+        ]
+    found = second_order_drift(grads, params, stacked, hyper_grads, rows=m)
+    return [[d[j] for d in found] for j in range(m)]
 
 
-def sgd_tangent_step(
-    tangent: Sequence[Tensor],
-    momentum_tangent: Sequence[Tensor] | None,
-    drift: Sequence[Tensor],
-    lr: float,
+def sgd_tangent(
+    grad_tangent: Tensor,
+    momentum_tangent: Tensor | None = None,
     momentum: float = 0.0,
     dampening: float = 0.0,
     nesterov: bool = False,
-    first_step: bool = False,
-) -> tuple[Tangent, Tangent | None]:
-    """Forward-mode derivative of one ``torch.optim.SGD`` step with respect to λ.
+    first_step: bool | Tensor = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Forward-mode derivative of the direction d of one ``torch.optim.SGD`` step (θ ← θ − η d).
 
-    SGD: b ← μ b + (1 − τ) g (b ← g on its first step), d = g + μ b (Nesterov) or b,
-    θ ← θ − η d. Differentiating with G = dg/dλ = H y + ∂g/∂λ and z = db/dλ:
+    SGD: b ← μ b + (1 − τ) g (b ← g on its first step), d = g + μ b (Nesterov) or b.
+    Differentiating with ġ = dg/dλ and z = db/dλ:
 
-        z ← μ z + (1 − τ) G   (z ← G on the first step),   D = G + μ z  or  z,
-        y ← y − η D.
+        z ← μ z + (1 − τ) ġ   (z ← ġ on the first step),   ḋ = ġ + μ z  or  z.
 
-    Without momentum this is y ← y − η G. A ``None`` ``momentum_tangent`` is z = 0.
-    Returns (y, z); z is ``None`` when μ = 0.
+    Without momentum ḋ = ġ. ``first_step`` may be a boolean tensor that broadcasts against
+    ``grad_tangent`` (parameters whose momentum buffer starts at different steps); a ``None``
+    ``momentum_tangent`` is z = 0. Returns (ḋ, z); z is ``None`` when μ = 0.
     """
     if momentum == 0.0:
-        return [y - lr * g for y, g in zip(tangent, drift, strict=True)], None
-    if first_step:
-        z = [g.clone() for g in drift]
-    elif momentum_tangent is None:  # z = 0 (e.g. just reset)
-        z = [(1.0 - dampening) * g for g in drift]
+        return grad_tangent, None
+    damped = (1.0 - dampening) * grad_tangent
+    z = damped if momentum_tangent is None else momentum * momentum_tangent + damped
+    z = (
+        torch.where(first_step, grad_tangent, z)
+        if isinstance(first_step, Tensor)
+        else (grad_tangent if first_step else z)
+    )
+    return (grad_tangent + momentum * z if nesterov else z), z
+
+
+def adam_tangent(
+    grad_tangent: Tensor,
+    grad: Tensor,
+    moments: tuple[Tensor, Tensor, Tensor | None],
+    moment_tangents: tuple[Tensor, Tensor, Tensor | None],
+    step: Tensor | float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor | None]]:
+    """Forward-mode derivative of the direction d of one ``torch.optim.Adam`` step.
+
+    With g the gradient the optimizer uses, (m, v, v_max) its moments before the step and
+    t = ``step`` + 1, torch computes m' = β₁m + (1 − β₁)g, v' = β₂v + (1 − β₂)g²,
+    v̂ = max(v_max, v') with amsgrad (v' otherwise) and θ ← θ − η d with
+
+        d = m' / (c₁ (√v̂ / √c₂ + ε)),   c₁ = 1 − β₁ᵗ,  c₂ = 1 − β₂ᵗ.
+
+    Differentiating with ġ = dg/dλ: ṁ' = β₁ṁ + (1 − β₁)ġ, v̇' = β₂v̇ + 2(1 − β₂) g ġ,
+    v̂̇ = v̇' where v' > v_max (else v̇_max), and
+
+        ḋ = ṁ' / (c₁ D) − m' · v̂̇ / (2 c₁ √c₂ √v̂ D²),   D = √v̂ / √c₂ + ε.
+
+    Where v̂ = 0 every gradient so far was 0, so m' = 0 and the second term vanishes: it is
+    taken as 0 there (no 0/0), which leaves the exact derivative ṁ'/(c₁ ε). ``moments[2]`` and
+    ``moment_tangents[2]`` are ``None`` without amsgrad. ``step`` (the count before this step)
+    may be a tensor broadcasting against ``grad`` (parameters started at different steps).
+    Returns ḋ and the new (ṁ, v̇, v̇_max).
+    """
+    m, v, v_max = moments
+    dm, dv, dv_max = moment_tangents
+    m_new = torch.lerp(m, grad, 1.0 - beta1)
+    v_new = v * beta2 + (1.0 - beta2) * grad * grad
+    dm_new = dm * beta1 + (1.0 - beta1) * grad_tangent
+    dv_new = dv * beta2 + (2.0 * (1.0 - beta2)) * grad * grad_tangent
+    if v_max is not None and dv_max is not None:
+        grows = v_new > v_max
+        v_hat = torch.where(grows, v_new, v_max)
+        dv_hat = torch.where(grows, dv_new, dv_max)
+        dv_max_new: Tensor | None = dv_hat
     else:
-        z = [momentum * zi + (1.0 - dampening) * g for zi, g in zip(momentum_tangent, drift)]
-    direction = [g + momentum * zi for g, zi in zip(drift, z)] if nesterov else z
-    return [y - lr * d for y, d in zip(tangent, direction, strict=True)], z
+        v_hat, dv_hat, dv_max_new = v_new, dv_new, None
+    t = step + 1
+    c1 = 1.0 - beta1**t
+    c2_sqrt = (1.0 - beta2**t) ** 0.5
+    root = torch.sqrt(v_hat)
+    denom = root / c2_sqrt + eps
+    positive = root > 0
+    droot = torch.where(positive, dv_hat / (2.0 * torch.where(positive, root, 1.0)), 0.0)
+    direction = (dm_new - m_new * (droot / c2_sqrt) / denom) / (c1 * denom)
+    return direction, (dm_new, dv_new, dv_max_new)
 
 
-def all_finite(tensors: Sequence[Tensor]) -> bool:
-    """True when every entry of every tensor is finite (one device sync)."""
-    if not tensors:
-        return True
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+def clip_norm_tangent(grad_tangent: Tensor, grad: Tensor, max_norm: float) -> Tensor:
+    """Derivative of ``torch.nn.utils.clip_grad_norm_``: g_c = g · min(1, c / (‖g‖ + 10⁻⁶)).
+
+    Where the gradient is clipped (c / (‖g‖ + 10⁻⁶) < 1), with n = ‖g‖ over every parameter:
+
+        ġ_c = (c / (n + 10⁻⁶)) ġ − c ⟨g, ġ⟩ / (n (n + 10⁻⁶)²) · g,
+
+    and ġ_c = ġ elsewhere. ``grad`` is the flat gradient (N,), ``grad_tangent`` one row per
+    hyperparameter (m, N). Branch-free: no host sync, and g = 0 gives ġ_c = ġ.
+    """
+    norm = torch.linalg.vector_norm(grad)
+    coef = max_norm / (norm + 1e-6)
+    clipped = coef < 1.0
+    shrink = torch.where(clipped, coef, 1.0)
+    along = grad_tangent @ grad  # ⟨g, ġ_j⟩ per row
+    bend = torch.where(clipped, coef / (torch.where(clipped, norm, 1.0) * (norm + 1e-6)), 0.0)
+    return shrink * grad_tangent - (bend * along).unsqueeze(-1) * grad
+
+
+def clip_value_tangent(grad_tangent: Tensor, grad: Tensor, clip_value: float) -> Tensor:
+    """Derivative of ``torch.nn.utils.clip_grad_value_``: g_c = clamp(g, −c, c), so
+    ġ_c = ġ where |g| ≤ c and 0 where the entry is clamped."""
+    return torch.where(grad.abs() <= clip_value, grad_tangent, 0.0)
 
 
 def hyperparameter_step(

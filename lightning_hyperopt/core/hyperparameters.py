@@ -7,6 +7,7 @@ by ``.to(device)``), with bounds and a parameterization for the online update.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from collections.abc import Iterable, Iterator
 from typing import Literal
@@ -16,9 +17,26 @@ from torch import Tensor, nn
 
 Parameterization = Literal["identity", "log"]
 PARAMETERIZATIONS = ("identity", "log")
-#: how ∂g_T/∂λ is obtained: λ in the loss's graph, applied by the optimizer, or estimated by
-#: central finite differences of replayed losses (see ``Hyperparameter.perturbed``)
-DriftSource = Literal["autograd", "optimizer", "finite_difference"]
+#: how ∂g_T/∂λ is obtained: λ in the loss's graph (autograd), in closed form from the terms the
+#: hyperparameter recorded (``closed_form``: ``L2Penalty``), applied by the optimizer, or estimated
+#: by central finite differences of replayed losses (see ``Hyperparameter.perturbed``)
+DriftSource = Literal["autograd", "closed_form", "optimizer", "finite_difference"]
+
+#: False while the tuner replays or evaluates losses of its own (finite differences, g_V):
+#: penalties called there are not terms of the training step's loss
+_RECORDING: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "lightning_hyperopt_recording", default=True
+)
+
+
+@contextlib.contextmanager
+def not_recorded() -> Iterator[None]:
+    """Within the context, penalty calls are not recorded as terms of the training loss."""
+    token = _RECORDING.set(False)
+    try:
+        yield
+    finally:
+        _RECORDING.reset(token)
 
 
 class Hyperparameter(nn.Module):
@@ -90,18 +108,81 @@ class Hyperparameter(nn.Module):
         )
 
 
+class PenaltyCall:
+    """One call of an :class:`L2Penalty` in a training loss: the parameters it was given and
+    a = ∂L/∂(penalty), recorded by a gradient hook when the loss is back-propagated (the last
+    back-prop through the call wins, so a graph differentiated twice is counted once)."""
+
+    __slots__ = ("coefficient", "params")
+
+    def __init__(self, params: list[Tensor]) -> None:
+        self.params = params
+        self.coefficient: Tensor | None = None
+
+    def record(self, grad: Tensor) -> None:
+        self.coefficient = grad.detach()
+
+
 class L2Penalty(Hyperparameter):
     """L2 penalty (λ/2)·Σ‖θ‖² over the parameters it is called on.
 
     ``self.l2(self.parameters())`` for one coefficient over everything, or one ``L2Penalty``
-    per layer (``self.l2_first(self.first.parameters())``) for per-layer L2. Its
-    ∂g_T/∂λ = θ on those parameters, and it adds λ·I to the Hessian there.
+    per layer (``self.l2_first(self.first.parameters())``) for per-layer L2. It adds λ·I to
+    the Hessian on those parameters, and its ∂g_T/∂λ is known in closed form:
+
+        ∂g_T/∂λ = Σ_calls a · θ_call,   a = ∂L_T/∂(penalty)   (1 for ``loss + self.l2(...)``)
+
+    so the tuner needs no back-prop for it: each call made while the loss is built records its
+    parameters and, through a gradient hook, a. The rule this relies on: the penalty enters the
+    training loss linearly (``loss + c · self.l2(params)`` for any c that does not depend on θ),
+    and its ``value`` is not used elsewhere in the loss (for anything else, use a
+    :class:`Hyperparameter`, which the tuner differentiates by autograd).
     """
 
+    drift_source: DriftSource = "closed_form"
+
+    def __init__(
+        self,
+        init: float,
+        bounds: tuple[float, float] = (0.0, math.inf),
+        parameterization: Parameterization = "identity",
+    ) -> None:
+        super().__init__(init, bounds, parameterization)
+        # None: nobody tunes this penalty, so nothing is recorded (see ``record_calls``)
+        self.calls: list[PenaltyCall] | None = None
+
     def forward(self, params: Iterable[Tensor]) -> Tensor:  # type: ignore[override]
+        params = list(params)
         squares = sum((p * p).sum() for p in params)
         # in the parameters' dtype: a float64 λ would otherwise promote the whole loss
-        return 0.5 * self.value.to(squares.dtype) * squares
+        out = 0.5 * self.value.to(squares.dtype) * squares
+        if (
+            self.calls is not None
+            and isinstance(out, Tensor)
+            and out.requires_grad
+            and _RECORDING.get()
+        ):
+            call = PenaltyCall(params)
+            out.register_hook(call.record)
+            self.calls.append(call)
+        return out
+
+    def record_calls(self, enabled: bool) -> None:
+        """Start (a tuner is attached) or stop recording the calls of training losses."""
+        self.calls = [] if enabled else None
+
+    def drop_back_propagated(self) -> None:
+        """Forget the calls already back-propagated (their gradient was dropped); a call whose
+        loss is built but not back-propagated yet is kept."""
+        if self.calls is not None:
+            self.calls = [c for c in self.calls if c.coefficient is None]
+
+    def take_calls(self) -> list[PenaltyCall]:
+        """The calls recorded since the last take, then forgets them."""
+        calls = self.calls or []
+        if self.calls is not None:
+            self.calls = []
+        return calls
 
 
 class WeightDecay(Hyperparameter):

@@ -138,7 +138,10 @@ class FirstOrder(HyperMethod):
     """Unroll1-gTgV (Luketina et al. 2016): no tangent; y is replaced by −∂g_T/∂λ, so
     λ ← λ + α·⟨g_V(θ_{t+1}), ∂g_T/∂λ(θ_t)⟩ at every step, with a constant α (no η factor).
 
-    Proportional to the true hypergradient only when the Hessian is a multiple of I.
+    Proportional to the true hypergradient only when the Hessian is a multiple of I. With an
+    optimizer other than plain SGD, ∂g_T/∂λ is read as δ, the one-step tangent per unit
+    learning rate (y₁ = −η δ from y₀ = 0): ∂g_T/∂λ through momentum's first step, or Adam's
+    preconditioning, and θ for a decoupled (AdamW) weight decay.
 
     Args:
         hyper_lr: α, the constant hyper step.
@@ -148,6 +151,9 @@ class FirstOrder(HyperMethod):
 
     def __init__(self, hyper_lr: float = 1e-3) -> None:
         self.hyper_lr = _check_scale("hyper_lr", hyper_lr)
+
+    def resets_at(self, step: int) -> bool:
+        return True  # no tangent is carried from one step to the next
 
     def hyper_step(self, lr: float) -> float:
         return self.hyper_lr

@@ -101,8 +101,8 @@ def tune_with_engine(
         opt.param_groups[0]["lr"] = lr
         for _ in range(steps):
             opt.zero_grad()
-            problem.training_loss(theta, lam.value).backward()
-            engine.advance(lambda: [problem.training_loss(theta, lam.value)])
+            engine.backward(problem.training_loss(theta, lam.value))
+            engine.advance()
             opt.step()
             engine.update(lambda: problem.validation_loss(theta))
             trajectory.append(float(lam.value))

@@ -48,8 +48,8 @@ def run(data, lam, steps, sgd, kind="l2", method=None, warmup=10**9):
     engine = TangentEngine(method or Exact(), {"l2": net.l2}, opt, warmup_steps=warmup)
     for _ in range(steps):
         opt.zero_grad()
-        net.training_loss(x, y).backward()
-        engine.advance(lambda: [net.training_loss(x, y)])
+        engine.backward(net.training_loss(x, y))
+        engine.advance()
         opt.step()
         engine.update(lambda: ((net.body(xv) - yv) ** 2).mean())
     return net, engine
@@ -133,8 +133,8 @@ def test_unroll_hypergradient_is_reverse_mode_through_the_window(data, sgd):
             lam_t = torch.tensor(lam, dtype=torch.float64, requires_grad=True)
             expected.append(torch.autograd.grad(val_after_window(lam_t), lam_t)[0])
         opt.zero_grad()
-        net.training_loss(x, y).backward()
-        engine.advance(lambda: [net.training_loss(x, y)])
+        engine.backward(net.training_loss(x, y))
+        engine.advance()
         opt.step()
         if engine.update(lambda: ((net.body(xv) - yv) ** 2).mean()):
             hypergrads.append(engine.hypergradients[0])
@@ -152,8 +152,8 @@ def test_first_order_uses_minus_dg_dlambda(data, kind):
     engine = TangentEngine(FirstOrder(hyper_lr=0.5), {"l2": net.l2}, opt)
     theta_t = [p.detach().clone() for p in net.body.parameters()]
     opt.zero_grad()
-    net.training_loss(x, y).backward()
-    engine.advance(lambda: [net.training_loss(x, y)])
+    engine.backward(net.training_loss(x, y))
+    engine.advance()
     opt.step()
     val = ((net.body(xv) - yv) ** 2).mean()
     g_val = torch.autograd.grad(val, list(net.body.parameters()))
@@ -221,26 +221,36 @@ def test_finite_difference_drift_matches_autograd(data, sgd):
         engine = TangentEngine(Exact(), {"l2": net.l2}, opt, warmup_steps=10**9)
         for _ in range(10):
             opt.zero_grad()
-            net.training_loss(x, y).backward()
-            engine.advance(lambda net=net: [net.training_loss(x, y)])
+            engine.backward(net.training_loss(x, y))
+            engine.advance(replay=lambda net=net: [net.training_loss(x, y)])
             opt.step()
         tangents.append(flat(engine.tangents[0]))
     # the penalty is linear in λ, so the central difference is exact up to rounding
     torch.testing.assert_close(tangents[1], tangents[0], rtol=1e-8, atol=1e-11)
 
 
-def test_reset_steps_skip_the_hessian_vector_product(data):
-    """Right after UnrollK's reset y = 0, so H y = 0: a finite-difference λ needs only its
-    two perturbed replays on those steps (three replays otherwise), and the tangent equals the
-    autograd one at every step."""
+def test_reset_steps_skip_the_hessian_vector_product(data, monkeypatch):
+    """Right after UnrollK's reset y = 0, so H y = 0: no double back-prop on those steps
+    (L2Penalty's ∂g/∂λ is closed-form), and a finite-difference λ needs only its two perturbed
+    replays at every step; both give the same tangent at every step."""
+    from lightning_hyperopt.core import engine as engine_module
+
     x, y, _, _ = data
-    tangents, replays = [], []
+    products = []
+    original = engine_module.second_order_drift
+
+    def counting(*args, **kwargs):
+        products[-1] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "second_order_drift", counting)
+    tangents, replays, per_kind = [], [], []
     for penalty in (L2Penalty(0.05), FiniteDifferenceScale(0.05, eps=1e-3)):
         net = Net(0.05)
         net.l2 = penalty.double()
         opt = torch.optim.SGD(net.body.parameters(), lr=0.1, momentum=0.9)
         engine = TangentEngine(Unroll(3), {"l2": net.l2}, opt, warmup_steps=10**9)
-        calls, per_step = [0], []
+        calls, per_step, hvps = [0], [], []
 
         def losses(net=net, calls=calls):
             calls[0] += 1
@@ -249,14 +259,17 @@ def test_reset_steps_skip_the_hessian_vector_product(data):
         trajectory = []
         for _ in range(7):
             opt.zero_grad()
-            net.training_loss(x, y).backward()
             calls[0] = 0
-            engine.advance(losses)
+            products.append(0)
+            engine.backward(net.training_loss(x, y))
+            engine.advance(replay=losses if penalty.drift_source != "closed_form" else None)
             per_step.append(calls[0])
+            hvps.append(products[-1])
             opt.step()
             trajectory.append(flat(engine.tangents[0]))
         tangents.append(torch.stack(trajectory))
         replays.append(per_step)
-    assert replays[1] == [2, 3, 3, 2, 3, 3, 2]  # steps 0, 3, 6 start a window
-    assert replays[0] == [1] * 7  # autograd ∂g_T/∂λ always needs the replay
+        per_kind.append(hvps)
+    assert per_kind[0] == per_kind[1] == [0, 1, 1, 0, 1, 1, 0]  # steps 0, 3, 6 start a window
+    assert replays == [[0] * 7, [2] * 7]
     torch.testing.assert_close(tangents[1], tangents[0], rtol=1e-8, atol=1e-11)

@@ -7,11 +7,15 @@ import pytest
 import torch
 
 from lightning_hyperopt.core.functional import (
+    adam_tangent,
+    clip_norm_tangent,
+    clip_value_tangent,
     global_norm,
     hyperparameter_step,
     inner,
     project_l2_ball,
-    sgd_tangent_step,
+    second_order_drift,
+    sgd_tangent,
 )
 
 f64 = torch.float64
@@ -71,25 +75,138 @@ def test_hyperparameter_step_identity_and_log():
     assert float(hyperparameter_step(lam, -h, 1.0, "identity", (0.0, 1.0))) == 1.0
 
 
-def test_sgd_tangent_step_is_the_derivative_of_torch_sgd():
+def test_sgd_tangent_is_the_derivative_of_torch_sgd():
     """Differentiate two steps of torch.optim.SGD(momentum, dampening, Nesterov) numerically
     with respect to a shift of the gradient G = dg/dλ and compare with the tangent step."""
     torch.manual_seed(1)
     g1, g2, dg1, dg2 = (torch.randn(4, dtype=f64) for _ in range(4))
-    cfg = dict(lr=0.1, momentum=0.9, dampening=0.2, nesterov=False)
+    lr = 0.1
+    for cfg in (
+        dict(momentum=0.9, dampening=0.2, nesterov=False),
+        dict(momentum=0.8, dampening=0.0, nesterov=True),
+    ):
 
-    def two_steps(eps):
-        p = torch.nn.Parameter(torch.zeros(4, dtype=f64))
-        opt = torch.optim.SGD([p], **cfg)
-        for g, dg in ((g1, dg1), (g2, dg2)):
+        def two_steps(eps, cfg=cfg):
+            p = torch.nn.Parameter(torch.zeros(4, dtype=f64))
+            opt = torch.optim.SGD([p], lr=lr, **cfg)
+            for g, dg in ((g1, dg1), (g2, dg2)):
+                p.grad = g + eps * dg
+                opt.step()
+            return p.detach().clone()
+
+        fd = (two_steps(1e-6) - two_steps(-1e-6)) / 2e-6
+        d1, z1 = sgd_tangent(dg1, None, first_step=True, **cfg)
+        d2, _ = sgd_tangent(dg2, z1, **cfg)
+        torch.testing.assert_close(-lr * (d1 + d2), fd, rtol=1e-8, atol=1e-10)
+        # a per-entry first step (a buffer that starts later) equals the scalar rule per entry
+        late = torch.tensor([True, False, True, False])
+        mixed, _ = sgd_tangent(dg2, z1, first_step=late, **cfg)
+        first, _ = sgd_tangent(dg2, z1, first_step=True, **cfg)
+        torch.testing.assert_close(mixed, torch.where(late, first, d2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_adam_tangent_is_the_derivative_of_torch_adam(amsgrad):
+    """Three steps of torch.optim.Adam, differentiated by central differences with respect to
+    a shift of every gradient along its tangent (float64), equal the chained tangent steps."""
+    torch.manual_seed(2)
+    grads = [torch.randn(6, dtype=f64) for _ in range(3)]
+    dgrads = [torch.randn(6, dtype=f64) for _ in range(3)]
+    cfg = dict(lr=0.01, betas=(0.8, 0.9), eps=1e-3, amsgrad=amsgrad)
+
+    def steps(eps):
+        p = torch.nn.Parameter(torch.zeros(6, dtype=f64))
+        opt = torch.optim.Adam([p], **cfg)
+        for g, dg in zip(grads, dgrads):
             p.grad = g + eps * dg
             opt.step()
         return p.detach().clone()
 
-    fd = (two_steps(1e-6) - two_steps(-1e-6)) / 2e-6
-    y, z = sgd_tangent_step([torch.zeros(4, dtype=f64)], None, [dg1], first_step=True, **cfg)
-    y, z = sgd_tangent_step(y, z, [dg2], **cfg)
-    torch.testing.assert_close(y[0], fd, rtol=1e-8, atol=1e-10)
+    fd = (steps(1e-7) - steps(-1e-7)) / 2e-7
+    zeros = torch.zeros(6, dtype=f64)
+    moments = (zeros, zeros, zeros if amsgrad else None)
+    tangents = (zeros, zeros, zeros if amsgrad else None)
+    y = zeros
+    for t, (g, dg) in enumerate(zip(grads, dgrads)):
+        direction, tangents = adam_tangent(dg, g, moments, tangents, t, 0.8, 0.9, 1e-3)
+        y = y - 0.01 * direction
+        m, v, vmax = moments
+        v_new = 0.9 * v + 0.1 * g * g
+        moments = (0.8 * m + 0.2 * g, v_new, torch.maximum(vmax, v_new) if amsgrad else None)
+    torch.testing.assert_close(y, fd, rtol=1e-7, atol=1e-9)
+
+
+def test_adam_tangent_where_every_gradient_was_zero():
+    """v = m = 0 (a parameter whose gradient has always been 0): no NaN; the tangent of the
+    direction is exactly ṁ'/(c₁ ε), the derivative of m'/(c₁(√v'/√c₂ + ε)) at g = 0."""
+    zeros = torch.zeros(3, dtype=f64)
+    dg = torch.tensor([0.0, 1.0, -2.0], dtype=f64)
+    direction, (dm, dv, _) = adam_tangent(
+        dg, zeros, (zeros, zeros, None), (zeros, zeros, None), 4, 0.9, 0.999, 1e-8
+    )
+    assert torch.isfinite(direction).all() and torch.equal(dv, zeros)
+    c1 = 1 - 0.9**5
+    torch.testing.assert_close(direction, 0.1 * dg / (c1 * 1e-8), rtol=1e-12, atol=0)
+    torch.testing.assert_close(dm, 0.1 * dg, rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 100.0])
+def test_clip_norm_tangent_is_the_derivative_of_clip_grad_norm(max_norm):
+    torch.manual_seed(3)
+    g, dg = torch.randn(2, 5, dtype=f64), torch.randn(3, 10, dtype=f64)
+
+    def clipped(eps, row):
+        p = torch.nn.Parameter(torch.zeros(2, 5, dtype=f64))
+        p.grad = g + eps * dg[row].view(2, 5)
+        torch.nn.utils.clip_grad_norm_([p], max_norm)
+        return p.grad.reshape(-1)
+
+    fd = torch.stack([(clipped(1e-7, r) - clipped(-1e-7, r)) / 2e-7 for r in range(3)])
+    torch.testing.assert_close(
+        clip_norm_tangent(dg, g.reshape(-1), max_norm), fd, rtol=1e-7, atol=1e-9
+    )
+    # g = 0: nothing is clipped and nothing divides by 0
+    zero = clip_norm_tangent(dg, torch.zeros(10, dtype=f64), max_norm)
+    torch.testing.assert_close(zero, dg, rtol=0, atol=0)
+
+
+def test_clip_value_tangent_is_zero_where_clamped():
+    g = torch.tensor([-2.0, -0.5, 0.3, 1.5], dtype=f64)
+    dg = torch.ones(2, 4, dtype=f64)
+    out = clip_value_tangent(dg, g, 1.0)
+    torch.testing.assert_close(out, torch.tensor([[0.0, 1.0, 1.0, 0.0]] * 2, dtype=f64))
+
+
+def test_second_order_drift_batched_equals_one_product_per_row():
+    """The batched double back-prop of m rows equals m separate products, and each equals
+    torch.func's jvp of the gradient (H y + ∂g/∂λ)."""
+    torch.manual_seed(4)
+    w1 = torch.randn(3, 4, dtype=f64, requires_grad=True)
+    w2 = torch.randn(4, dtype=f64, requires_grad=True)
+    lam = torch.tensor(0.3, dtype=f64, requires_grad=True)
+    x = torch.randn(5, 3, dtype=f64)
+
+    def loss_fn(w1, w2, lam):
+        return torch.tanh(x @ w1).matmul(w2).pow(2).mean() + lam * (w1**4).sum()
+
+    ys = [torch.randn(3, 3, 4, dtype=f64), torch.randn(3, 4, dtype=f64)]
+    loss = loss_fn(w1, w2, lam)
+    *grads, dlam = torch.autograd.grad(loss, [w1, w2, lam], create_graph=True)
+    batched = second_order_drift(grads, [w1, w2], ys, {1: dlam}, retain_graph=True)
+    for j in range(3):
+        hyper = {0: dlam} if j == 1 else {}
+        one = second_order_drift(
+            grads, [w1, w2], [y[j : j + 1] for y in ys], hyper, retain_graph=True
+        )
+        (g1, g2) = torch.func.grad(loss_fn, argnums=(0, 1))(w1, w2, lam)
+        _, (j1, j2) = torch.func.jvp(
+            lambda a, b, c: torch.func.grad(loss_fn, argnums=(0, 1))(a, b, c),
+            (w1.detach(), w2.detach(), lam.detach()),
+            (ys[0][j], ys[1][j], torch.tensor(float(j == 1), dtype=f64)),
+        )
+        for got, single, want in zip(batched, one, (j1, j2)):
+            torch.testing.assert_close(got[j], single[0], rtol=1e-12, atol=1e-13)
+            torch.testing.assert_close(got[j], want, rtol=1e-12, atol=1e-13)
 
 
 def test_batch_dim_treats_each_row_as_its_own_problem():

@@ -1,17 +1,16 @@
 """LSTMLanguageModel: truncated BPTT state, perplexity, and tuning its keep probability (CPU)."""
 
 import math
-from typing import ClassVar
 
 import pytest
 import torch
 from conftest import NO_UPDATE, Regression, make_trainer, regression_data
 from pytorch_lightning.loggers import CSVLogger
-from replay_probe import ReplayRecorder, hessian_vector_products
+from replay_probe import DriftRecorder, hessian_vector_products
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from lightning_hyperopt import Clip, Exact, LSTMLanguageModel, OnlineHyperparamCallback
+from lightning_hyperopt import Clip, Exact, FirstOrder, LSTMLanguageModel, OnlineHyperparamCallback
 from lightning_hyperopt.callback import find_hyperparameters
 from lightning_hyperopt.data import BPTTChunks, batchify
 
@@ -83,16 +82,16 @@ class InStepProbe(LSTMLanguageModel):
         return loss
 
 
-def test_replay_uses_the_input_state_and_masks_of_the_step(monkeypatch):
-    """The replayed training_loss is the step's loss: same input state, same masks."""
-    recorder = ReplayRecorder(monkeypatch)
+def test_hessian_vector_product_uses_the_input_state_and_masks_of_the_step(monkeypatch):
+    """H y is the one of the step's loss: same input state, same masks."""
+    recorder = DriftRecorder(monkeypatch)
     model = InStepProbe(**TINY).double()
     cb = OnlineHyperparamCallback(Exact(), warmup_steps=NO_UPDATE)
     make_trainer([cb], 5).fit(model, windows(), windows(seed=1))
     assert len(recorder.drifts) == len(model.in_step) == 5
     assert model.in_step[-1][0].norm() > 0
-    for replayed, in_step in zip(recorder.drifts, model.in_step):
-        torch.testing.assert_close(replayed[0], in_step[0], rtol=1e-10, atol=1e-13)
+    for taken, in_step in zip(recorder.drifts, model.in_step):
+        torch.testing.assert_close(taken[0], in_step[0], rtol=1e-10, atol=1e-13)
 
 
 def test_a_few_steps_move_the_keep_probability_and_log_it(tmp_path):
@@ -111,30 +110,42 @@ def test_a_few_steps_move_the_keep_probability_and_log_it(tmp_path):
     assert len(values) == 6 and values[-1] == pytest.approx(lam) and len(set(values)) > 1
 
 
-def test_replays_of_rnn_models_run_without_cudnn_and_onednn():
-    """The training step keeps oneDNN; the tuner's replays of an LSTM model switch it (and
-    cuDNN) off, and leave other models' replays alone."""
+def test_rnn_steps_that_need_h_y_run_without_cudnn_and_onednn():
+    """A step whose H y comes from its own graph runs an LSTM model's forward and backward on
+    the native kernels (cuDNN's RNN has no double backward), and so do the finite-difference
+    replays; steps without H y (first order) keep the fast kernels; other models are left
+    alone; the flags are restored after each step."""
 
     def recording(cls):
         class Recording(cls):
-            flags: ClassVar[list[tuple[bool, bool]]] = []
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.flags = []
 
-            def training_loss(self, batch):
+            def training_step(self, batch, batch_idx):
                 self.flags.append((torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled))
-                return super().training_loss(batch)
+                return super().training_step(batch, batch_idx)
+
+            def on_train_batch_end(self, *args):
+                self.flags.append((torch.backends.mkldnn.enabled, torch.backends.cudnn.enabled))
 
         return Recording
 
     lm = recording(LSTMLanguageModel)(**TINY)
     make_trainer([OnlineHyperparamCallback(Clip())], 2).fit(lm, windows(), windows(seed=1))
-    assert set(lm.flags) == {(False, False)}  # 3 replays per step: main and two for ∂g/∂λ
+    assert lm.flags == [(False, False), (True, True)] * 2  # native in the step, then restored
     assert torch.backends.mkldnn.enabled and torch.backends.cudnn.enabled
+    first_order = recording(LSTMLanguageModel)(**TINY)
+    make_trainer([OnlineHyperparamCallback(FirstOrder())], 2).fit(
+        first_order, windows(), windows(seed=1)
+    )
+    assert set(first_order.flags) == {(True, True)}
     mlp = recording(Regression)("l2")
     train, val = regression_data()
     make_trainer([OnlineHyperparamCallback(Clip())], 2).fit(
         mlp, DataLoader(train, batch_size=8), DataLoader(val, batch_size=64)
     )
-    assert set(mlp.flags[1::2]) == {(True, True)}  # every other call is a replay
+    assert set(mlp.flags) == {(True, True)}
 
 
 def test_one_keep_probability_per_layer():
