@@ -198,7 +198,6 @@ def test_second_order_drift_batched_equals_one_product_per_row():
         one = second_order_drift(
             grads, [w1, w2], [y[j : j + 1] for y in ys], hyper, retain_graph=True
         )
-        (g1, g2) = torch.func.grad(loss_fn, argnums=(0, 1))(w1, w2, lam)
         _, (j1, j2) = torch.func.jvp(
             lambda a, b, c: torch.func.grad(loss_fn, argnums=(0, 1))(a, b, c),
             (w1.detach(), w2.detach(), lam.detach()),
