@@ -150,7 +150,9 @@ class TangentEngine:
         self._nonfinite = torch.zeros(m, dtype=torch.int64, device=device)
         self._streak = torch.zeros((), dtype=torch.int64, device=device)
         self._streak_max = torch.zeros((), dtype=torch.int64, device=device)
-        self._masks: dict[tuple[int, ...], Tensor] = {}
+        self._index = {id(p): i for i, p in enumerate(params)}
+        #: never read a device value on the host (see :meth:`_select`); on by default off the CPU
+        self.sync_free = self.layout.device.type != "cpu"
         self._window_open = False
         self._micro_batches = 0
         self._drift: Tensor | None = None
@@ -336,12 +338,10 @@ class TangentEngine:
             self._window_open = False
             return False
         self._window_open = False
-        m, n = len(self.hypers), self.layout.numel
         drift = self._drift
         if drift is None:
-            drift = self.tangent.new_zeros((m, n))
-        theta = self.layout.flatten(self.params)
-        self._add_closed_form(drift, theta)
+            drift = self.tangent.new_zeros(self.tangent.shape)
+        self._add_closed_form(drift)
         if loss_scale is not None:
             drift = drift / loss_scale
         if self.finite_difference_rows:
@@ -353,47 +353,63 @@ class TangentEngine:
             self._add_finite_differences(drift, replay)
         if self.reduce is not None:
             drift = self.reduce(drift)
-        grad = self.layout.flatten(p.grad for p in self.params)
-        grad_norm = torch.linalg.vector_norm(grad)
+        grads = [p.grad for p in self.params]
+        present = [g for g in grads if g is not None]
+        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present)))
         finite = self._loss_ok & torch.isfinite(grad_norm)
         if step_skipped is None:
             step_ok, bad_step = finite, ~finite
         else:  # the grad scaler's skip is expected: not counted, but θ does not move
             step_ok, bad_step = finite & ~step_skipped, ~finite & ~step_skipped
-        grad_tangent = drift
         clip = self.gradient_clipping
-        if clip is not None:
+        grad = self.layout.flatten(grads) if clip is not None or self.rule.adam else None
+        grad_tangent = drift
+        if clip is not None and grad is not None:
             if clip.algorithm == "norm":
                 grad_tangent = clip_norm_tangent(drift, grad, clip.value)
                 grad = grad * torch.clamp(clip.value / (grad_norm + 1e-6), max=1.0)
             else:
                 grad_tangent = clip_value_tangent(drift, grad, clip.value)
                 grad = grad.clamp(-clip.value, clip.value)
+        theta = self.layout.flatten(self.params) if self.rule.needs_theta(self.decay_rows) else None
         self.lr = float(self.optimizer.param_groups[0]["lr"])
-        new, delta, state = self.rule.step(self.tangent, grad_tangent, grad, theta, self.decay_rows)
-        (new,), norms, clipped = self.method.project([new], batch_dim=0)
-        rows_ok = torch.isfinite(norms)
-        keep = (step_ok & rows_ok).unsqueeze(1)
-        reset = (step_ok & ~rows_ok).unsqueeze(1)  # a non-finite tangent starts again from 0
-        self.tangent = torch.where(keep, new, torch.where(reset, 0.0, self.tangent))
-        for name, t in state.items():
-            old = self.rule.state[name]
-            self.rule.state[name] = (
-                None
-                if t is None
-                else torch.where(keep, t, torch.where(reset, 0.0, 0.0 if old is None else old))
-            )
-        if not self.method.uses_tangent:
-            self.direction = torch.where(keep, delta, 0.0)
-        self.norms, self.clipped = norms, clipped
-        self._nonfinite += (bad_step | (step_ok & ~rows_ok)).long()
+        carried = self.tangent if self.method.uses_tangent else None  # first order: y = 0
+        new, delta, state = self.rule.step(carried, grad_tangent, grad, theta, self.decay_rows)
+        if new is not None:
+            (new,), norms, clipped = self.method.project([new], batch_dim=0)
+            rows_ok = torch.isfinite(norms)
+            keep = step_ok & rows_ok
+            self.tangent = self._select(keep, step_ok, new, self.tangent)
+            self.rule.state = {
+                name: self._select(keep, step_ok, t, self.rule.state[name])
+                for name, t in state.items()
+            }
+            self.norms, self.clipped = norms, clipped
+            self._nonfinite += (bad_step | (step_ok & ~rows_ok)).long()
+        else:  # a non-finite direction shows in the hypergradient, which update() checks
+            self.direction = self._select(step_ok.expand(len(self.hypers)), step_ok, delta, None)
+            self._nonfinite += bad_step.long()
         self._streak = (self._streak + 1) * bad_step.long()
         self._streak_max = torch.maximum(self._streak_max, self._streak)
         self.step += 1
         return True
 
-    def _add_closed_form(self, drift: Tensor, theta: Tensor) -> None:
+    def _select(self, keep: Tensor, step_ok: Tensor, new: Tensor | None, old: Tensor | None):
+        """Row j of ``new`` where ``keep[j]``; where not: 0 if the step is fine (a non-finite
+        tangent starts again from 0), else ``old`` (a skipped step moves nothing).
+
+        Branch-free on the device when ``sync_free``; on the CPU, where reading a flag costs
+        nothing, the common case (every row kept) returns ``new`` without a pass over it."""
+        if new is None:
+            return None
+        if not self.sync_free and bool(keep.all()):
+            return new
+        fallback = new.new_zeros(()) if old is None else torch.where(step_ok, 0.0, old)
+        return torch.where(keep.unsqueeze(1), new, fallback)
+
+    def _add_closed_form(self, drift: Tensor) -> None:
         """∂g/∂λ_j = Σ_calls a · θ_call for the penalties, from the calls they recorded."""
+        rows = self.layout.views(drift)
         for j in self.closed_form_rows:
             penalty = self.hypers[j]
             used = False
@@ -401,27 +417,17 @@ class TangentEngine:
                 if call.coefficient is None:  # built but not back-propagated
                     continue
                 used = True
-                drift[j].add_(call.coefficient.to(theta.dtype) * self._mask(call.params) * theta)
+                coefficient = call.coefficient.to(drift.dtype)
+                for p in call.params:
+                    i = self._index.get(id(p))
+                    if i is not None:  # a penalized tensor the optimizer does not train
+                        rows[i][j].addcmul_(p.detach(), coefficient)
             if not used:
                 raise ValueError(
                     f"L2Penalty {self.names[j]!r} was not part of the training loss of step "
                     f"{self.step}: call it (e.g. `self.{self.names[j]}(params)`) in the loss "
                     "that training_step returns"
                 )
-
-    def _mask(self, params: Sequence[Tensor]) -> Tensor:
-        """1 on the entries of ``params`` (counted as often as they appear), 0 elsewhere."""
-        key = tuple(id(p) for p in params)
-        mask = self._masks.get(key)
-        if mask is None:
-            counts = [0.0] * len(self.params)
-            index = {id(p): i for i, p in enumerate(self.params)}
-            for p in params:
-                if id(p) in index:
-                    counts[index[id(p)]] += 1.0
-            mask = self.layout.expand(counts, slice(0, len(self.params))).to(self.layout.dtype)
-            self._masks[key] = mask
-        return mask
 
     def _add_finite_differences(
         self, drift: Tensor, replay: Callable[[], Iterable[Tensor]]

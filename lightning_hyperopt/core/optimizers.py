@@ -160,22 +160,33 @@ class OptimizerTangent:
         """Zero tangents of the optimizer state (the window start of UnrollK)."""
         self.state = dict.fromkeys(self.state_names())
 
+    def needs_theta(self, decay_rows: dict[int, Tensor]) -> bool:
+        """Whether :meth:`step` reads θ: for a ``WeightDecay`` λ (∂(wd θ)/∂λ = θ), and for
+        Adam's coupled weight decay, which enters the moments."""
+        if decay_rows:
+            return True
+        return self.adam and any(
+            _scalar(g["weight_decay"]) != 0.0 and not g.get("decoupled_weight_decay", False)
+            for g in self.optimizer.param_groups
+        )
+
     def step(
         self,
-        tangent: Tensor,
+        tangent: Tensor | None,
         grad_tangent: Tensor,
-        grad: Tensor,
-        theta: Tensor,
+        grad: Tensor | None,
+        theta: Tensor | None,
         decay_rows: dict[int, Tensor],
-    ) -> tuple[Tensor, Tensor, dict[str, Tensor | None]]:
+    ) -> tuple[Tensor | None, Tensor, dict[str, Tensor | None]]:
         """y', δ and the new state tangents for the step about to run.
 
-        ``tangent`` is y (m, N); ``grad_tangent`` ġ (m, N) and ``grad`` g (N,) are the gradient
-        the optimizer will see (after clipping) and its tangent; ``theta`` is θ (N,);
-        ``decay_rows[k]`` is e (m,), 1 on the rows whose λ is group k's ``weight_decay``.
-        y' = y (1 − η wd_decoupled) − η δ: δ = ḋ (+ e θ when decoupled) is the step's own
-        contribution per unit learning rate (first order's direction). Returns new tensors;
-        the inputs are not modified.
+        ``tangent`` is y (m, N), or ``None`` for y = 0 with zero state tangents (first
+        order: y' is then not computed); ``grad_tangent`` ġ (m, N) and ``grad`` g (N,) are the
+        gradient the optimizer will see (after clipping) and its tangent (g is read by Adam
+        only); ``theta`` is θ (N,) (read when :meth:`needs_theta`); ``decay_rows[k]`` is
+        e (m,), 1 on the rows whose λ is group k's ``weight_decay``. y' = y (1 − η wd_decoupled)
+        − η δ: δ = ḋ (+ e θ when decoupled) is the step's own contribution per unit learning
+        rate (first order's direction). Returns new tensors; the inputs are not modified.
         """
         outs: list[Tensor] = []
         deltas: list[Tensor] = []
@@ -187,42 +198,55 @@ class OptimizerTangent:
             members = params[pspan]
             lr = _scalar(group["lr"])
             wd = _scalar(group["weight_decay"])
-            y, gdot, g, th = tangent[:, span], grad_tangent[:, span], grad[span], theta[span]
+            y = None if tangent is None else tangent[:, span]
+            gdot = grad_tangent[:, span]
+            g = None if grad is None else grad[span]
+            th = None if theta is None else theta[span]
             e = decay_rows.get(k)
             decoupled = self.adam and bool(group.get("decoupled_weight_decay", False))
             if group.get("maximize", False):  # torch negates the loss gradient only
-                gdot, g = -gdot, -g
-            if not decoupled:
-                if wd != 0.0:
+                gdot = -gdot
+                g = None if g is None else -g
+            if not decoupled and wd != 0.0:
+                if y is not None:
                     gdot = gdot + wd * y
+                if g is not None and th is not None:
                     g = g + wd * th
-                if e is not None:
-                    gdot = gdot + e.unsqueeze(1) * th
-            carried = {name: None if t is None else t[:, span] for name, t in self.state.items()}
+            if not decoupled and e is not None and th is not None:
+                gdot = gdot + e.unsqueeze(1) * th
+            carried = {
+                name: None if t is None or y is None else t[:, span]
+                for name, t in self.state.items()
+            }
             states = [opt_state.get(p, {}) for p in members]
             if self.adam:
+                assert g is not None, "Adam's tangent reads the gradient"
                 delta, moments = self._adam(group, own, states, gdot, g, carried, pspan)
             else:
                 delta, moments = self._sgd(group, states, gdot, carried, pspan)
-            if decoupled and e is not None:
+            if decoupled and e is not None and th is not None:
                 delta = delta + e.unsqueeze(1) * th
-            y_new = y - lr * delta
-            if decoupled and wd != 0.0:
-                y_new = y_new - (lr * wd) * y
+            y_new = None
+            if y is not None:
+                y_new = torch.add(y, delta, alpha=-lr)
+                if decoupled and wd != 0.0:
+                    y_new = y_new - (lr * wd) * y
             stepped = [p.grad is not None for p in members]
             if not all(stepped):  # torch skips parameters without a gradient
                 mask = self.layout.expand(stepped, pspan)
-                y_new = torch.where(mask, y_new, y)
+                if y_new is not None and y is not None:
+                    y_new = torch.where(mask, y_new, y)
                 delta = torch.where(mask, delta, 0.0)
                 moments = {
-                    name: _keep(mask, new, carried[name], y) for name, new in moments.items()
+                    name: _keep(mask, new, carried[name], gdot) for name, new in moments.items()
                 }
-            outs.append(y_new)
+            if y_new is not None:
+                outs.append(y_new)
             deltas.append(delta)
             for name, t in moments.items():
                 new_state[name].append(t)
-        state = {name: _join_state(ts, outs) for name, ts in new_state.items()}
-        return _join(outs), _join(deltas), state
+        state = {name: _join_state(ts, deltas) for name, ts in new_state.items()}
+        return (_join(outs) if outs else None), _join(deltas), state
 
     def _sgd(
         self,
