@@ -6,12 +6,17 @@ import pytest
 import torch
 from data.test_mnist import write_mnist
 
-from lightning_hyperopt import Clip, FirstOrder, OnlineHyperparamCallback, Unroll
+from lightning_hyperopt import Clip, Exact, FirstOrder, OnlineHyperparamCallback, Unroll
 from lightning_hyperopt.cli import build_cli
 from lightning_hyperopt.models.mlp import MLP
 
 CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs" / "mnist"
-OVERLAYS = {"clip.yaml": Clip, "unroll.yaml": Unroll, "first_order.yaml": FirstOrder}
+OVERLAYS = {
+    "clip.yaml": Clip,
+    "exact.yaml": Exact,
+    "unroll.yaml": Unroll,
+    "first_order.yaml": FirstOrder,
+}
 
 
 @pytest.fixture

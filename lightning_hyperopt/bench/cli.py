@@ -42,6 +42,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cost import CLOCKS
     from .quadratic import TABLE1_METHODS
     from .training import EXPERIMENTS
 
@@ -147,7 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="config override for every run: model.init_args.lr=0.05",
         )
 
-    c = sub.add_parser("cost", help="time per step and peak memory: callback vs plain training")
+    c = sub.add_parser(
+        "cost",
+        help="time per step and peak memory: callback vs plain training, one λ and per-layer",
+    )
     _common(c)
     c.add_argument("--data-dir", type=Path, default=Path("../shared/data/mnist"))
     c.add_argument("--ptb-dir", type=Path, default=Path("../shared/data/ptb"))
@@ -159,6 +163,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median taken)")
     c.add_argument("--steps", type=int, default=60, help="timed steps per round and method")
+    c.add_argument(
+        "--clock",
+        choices=CLOCKS,
+        default="wall",
+        help="the clock of the table's times and ratios: wall, or this process's CPU time "
+        "(less sensitive to other jobs on shared cores; one torch thread, CPU only); "
+        "summary.json has both",
+    )
+    c.add_argument(
+        "--kernels",
+        action="store_true",
+        help="also time the replay's work alone: forward+backward and H·v with torch's "
+        "default kernels and with the native ones the callback replays on (oneDNN/cuDNN RNN "
+        "kernels off)",
+    )
     return parser
 
 
@@ -207,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             extra=args.extra,
             gpu=args.gpu,
             overlays=args.overlay,
+            clock=args.clock,
+            kernels=args.kernels,
         )
         print((args.out / "cost.md").read_text())
     else:

@@ -37,7 +37,8 @@ CALLBACK = "lightning_hyperopt.OnlineHyperparamCallback"
 
 @dataclass(frozen=True)
 class Row:
-    """One row of a table: a method overlay with some of its arguments changed.
+    """One row of a table: a method overlay with some of its arguments changed, and the
+    model's (``model_args``, e.g. ``{"per_layer_l2": True}``).
 
     ``overlay=None`` is the fixed-λ baseline (the base config alone), run once per grid value.
     """
@@ -46,6 +47,7 @@ class Row:
     overlay: str | None = None
     method_args: Mapping[str, Any] = field(default_factory=dict)
     callback_args: Mapping[str, Any] = field(default_factory=dict)
+    model_args: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -234,7 +236,8 @@ def compose_config(
     warmup: int | None = None,
 ) -> dict:
     """The LightningCLI config of one run: base + the row's overlay + ``overlays`` (e.g. the
-    PTB ``medium.yaml``), then the run's settings and the ``extra`` KEY=VALUE overrides.
+    PTB ``medium.yaml``), then the row's model arguments, the run's settings and the
+    ``extra`` KEY=VALUE overrides.
     ``hyper_scale`` multiplies the method's hyper step (``hyper_lr_scale`` or ``hyper_lr``):
     shorter runs than the config's horizon need larger steps for λ to travel as far.
     ``warmup`` replaces the callback's ``warmup_steps``."""
@@ -263,6 +266,8 @@ def compose_config(
                 method_args[name] = float(method_args[name]) * hyper_scale
     for overlay in overlays:
         config = _merge(config, yaml.safe_load(Path(overlay).read_text()))
+    for name, value in row.model_args.items():
+        _set(config, f"model.init_args.{name}", value)
     settings = {
         "seed_everything": seed,
         "trainer.max_steps": steps,

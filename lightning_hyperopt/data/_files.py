@@ -133,3 +133,14 @@ def int_at_least(name: str, value: int, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def fraction_in(name: str, value: float, *, include_one: bool) -> float:
+    """``value`` as a float if it lies in (0, 1) (``include_one=False``) or (0, 1]; otherwise
+    a ValueError naming the argument and the accepted interval."""
+    interval = "(0, 1]" if include_one else "(0, 1)"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+    if not (0 < value < 1 or (include_one and value == 1)):  # also rejects NaN
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return float(value)

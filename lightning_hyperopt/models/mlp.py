@@ -4,6 +4,9 @@
     L_V(θ)    = mean cross-entropy
 
 trained by plain SGD with an exponentially decaying learning rate η_t = η₀ (η_end/η₀)^(t/T).
+Options for several hyperparameters: one λ_k per weight matrix,
+L_T = CE + Σ_k (λ_k/2) ‖W_k‖² (``per_layer_l2``), and dropout after every hidden activation
+with a tunable keep probability (``keep``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from lightning_hyperopt.core.dropout import KeepProbability, TunableDropout
 from lightning_hyperopt.core.hyperparameters import L2Penalty, Parameterization
+
+#: the range a tuned keep probability stays in (KeepProbability's default bounds)
+KEEP_BOUNDS = (0.1, 1.0)
 
 
 def _positive(name: str, value: float) -> float:
@@ -31,7 +38,12 @@ class MLP(pl.LightningModule):
     """A ReLU MLP classifier (784-100-100-100-10 by default) with a tunable L2 penalty λ.
 
     ``self.l2`` is the :class:`L2Penalty` the :class:`OnlineHyperparamCallback` tunes; without
-    the callback it is a fixed λ (the grid baseline).
+    the callback it is a fixed λ (the grid baseline). With ``per_layer_l2`` it is an
+    ``nn.ModuleList`` of one L2Penalty per weight matrix instead (``self.l2[k]`` penalizes
+    ``self.layers[k].weight``), each tuned on its own and logged as ``hyperopt/l2.<k>``. With
+    ``keep``, a :class:`TunableDropout` follows every hidden activation, all sharing one
+    :class:`KeepProbability` ``self.keep`` (logged as ``hyperopt/keep``); dropout is active in
+    training mode only.
 
     Args:
         l2: λ₀, the L2 coefficient (its value at the start of training).
@@ -47,6 +59,10 @@ class MLP(pl.LightningModule):
             ``"log"``: log λ, which needs ``min_l2 > 0``).
         min_l2: lower bound of λ.
         seed: seed of the weight initialization (``None``: the global RNG).
+        per_layer_l2: one L2 coefficient per weight matrix, each starting at ``l2`` (with the
+            same ``parameterization`` and ``min_l2``), instead of one for all.
+        keep: λ₀ of the dropout keep probability after each hidden activation, in
+            [0.1, 1] (the range it is tuned in); ``None``: no dropout.
     """
 
     def __init__(
@@ -62,6 +78,8 @@ class MLP(pl.LightningModule):
         parameterization: Parameterization = "identity",
         min_l2: float = 0.0,
         seed: int | None = None,
+        per_layer_l2: bool = False,
+        keep: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -78,15 +96,40 @@ class MLP(pl.LightningModule):
             raise ValueError(
                 f"in_features, hidden and num_classes must be integers >= 1, got {sizes}"
             )
+        if keep is not None and (
+            isinstance(keep, bool)
+            or not isinstance(keep, int | float)
+            or not KEEP_BOUNDS[0] <= keep <= KEEP_BOUNDS[1]
+        ):
+            raise ValueError(
+                f"keep={keep!r} must be None (no dropout) or a keep probability in "
+                f"[{KEEP_BOUNDS[0]}, {KEEP_BOUNDS[1]}]"
+            )
+        if keep is not None and not hidden:
+            raise ValueError("keep needs at least one hidden layer: dropout follows each of them")
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
             self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
-        self.l2 = L2Penalty(l2, bounds=(min_l2, math.inf), parameterization=parameterization)
+
+        def penalty() -> L2Penalty:
+            return L2Penalty(l2, bounds=(min_l2, math.inf), parameterization=parameterization)
+
+        self.l2: L2Penalty | nn.ModuleList = (
+            nn.ModuleList(penalty() for _ in self.layers) if per_layer_l2 else penalty()
+        )
+        self.keep: KeepProbability | None = None
+        self.dropout: nn.ModuleList | None = None
+        if keep is not None:
+            # registered before the dropout layers, so the tuner names the shared λ "keep"
+            self.keep = KeepProbability(float(keep), KEEP_BOUNDS)
+            self.dropout = nn.ModuleList(TunableDropout(self.keep) for _ in hidden)
 
     def forward(self, x: Tensor) -> Tensor:
-        for layer in self.layers[:-1]:
+        for k, layer in enumerate(self.layers[:-1]):
             x = F.relu(layer(x))
+            if self.dropout is not None:
+                x = self.dropout[k](x)
         return self.layers[-1](x)
 
     def weights(self) -> list[Tensor]:
@@ -94,13 +137,21 @@ class MLP(pl.LightningModule):
         return [layer.weight for layer in self.layers]
 
     def validation_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
-        """L_V: the mean cross-entropy of a batch, unregularized."""
+        """L_V: the mean cross-entropy of a batch, unregularized (no dropout in eval mode, in
+        which the validation loop and the tuner call it)."""
         x, y = batch
         return F.cross_entropy(self(x), y)
 
+    def penalty(self) -> Tensor:
+        """The L2 term: (λ/2) Σ_k ‖W_k‖², or Σ_k (λ_k/2) ‖W_k‖² with ``per_layer_l2``."""
+        if isinstance(self.l2, L2Penalty):
+            return self.l2(self.weights())
+        return sum(l2([w]) for l2, w in zip(self.l2, self.weights(), strict=True))
+
     def training_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
-        """L_T(θ, λ): the mean cross-entropy plus (λ/2) Σ ‖W‖²."""
-        return self.validation_loss(batch) + self.l2(self.weights())
+        """L_T(θ, λ): the mean cross-entropy (through dropout in training mode) plus the L2
+        term (:meth:`penalty`)."""
+        return self.validation_loss(batch) + self.penalty()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self.training_loss(batch)

@@ -12,7 +12,7 @@ from data.test_mnist import write_mnist
 from data.test_ptb import write_corpus
 
 from lightning_hyperopt.bench.cli import main
-from lightning_hyperopt.bench.cost import COST_ROWS
+from lightning_hyperopt.bench.cost import COST_ROWS, PER_LAYER_ROWS
 from lightning_hyperopt.bench.training import MNIST, PTB, Row, compose_config, summarize
 
 MNIST_EXTRA = ["data.init_args.verify=false", "data.init_args.download=false"]
@@ -125,27 +125,61 @@ def test_table3_smoke(tmp_path, ptb_dir):
 
 def test_cost_smoke(tmp_path, mnist_dir):
     out = tmp_path / "cost"
-    main(
-        ["cost", "--out", str(out), "--data-dir", str(mnist_dir), "--smoke", "--no-progress"]
-        + [f"--extra={e}" for e in MNIST_EXTRA]
-    )
+    args = ["cost", "--out", str(out), "--data-dir", str(mnist_dir), "--smoke", "--no-progress"]
+    main([*args, "--clock", "cpu", "--kernels", *[f"--extra={e}" for e in MNIST_EXTRA]])
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["clock"] == "cpu"
     rows = summary["models"]["mlp"]["rows"]
-    assert list(rows) == ["plain", "Unroll1-gTgV", "Unroll1", "Unroll5", "Clip10"]
-    assert rows["plain"]["ratio"] == 1.0 and rows["plain"]["memory_ratio"] == 1.0
-    for r in rows.values():
-        assert r["step_ms"] > 0 and r["peak_mb"] > 0
-    # the tuner's tangent alone is one more copy of the parameters
+    one = ["plain", "Unroll1-gTgV", "Unroll1", "Unroll5", "Clip10", "Exact"]
+    several = ["plain per-layer", "Unroll1-gTgV per-layer", "Unroll5 per-layer", "Clip10 per-layer"]
+    assert list(rows) == one + several
+    assert rows["plain"]["ratio"] == rows["plain"]["cpu_ratio"] == 1.0
+    assert rows["plain"]["memory_ratio"] == 1.0
+    for label, r in rows.items():
+        assert r["step_ms"] > 0 and r["cpu_step_ms"] > 0 and r["peak_mb"] > 0
+        assert r["ratio"] > 0 and r["cpu_ratio"] > 0 and r["memory_ratio"] > 0
+        if label in one:
+            assert r["hyperparameters"] == 1 and r["one_lambda"] is None
+            assert r["ratio_to_one"] is r["memory_ratio_to_one"] is None
+        else:  # 784-100-100-100-10: one L2 coefficient per weight matrix
+            assert r["hyperparameters"] == 4 and r["one_lambda"] == label.split()[0]
+            assert r["ratio_to_one"] > 0 and r["cpu_ratio_to_one"] > 0
+    # the tuner's tangents: one more copy of the parameters per λ
     assert rows["Clip10"]["state_mb"] > rows["plain"]["state_mb"]
-    assert "× plain" in (out / "cost.md").read_text()
+    assert rows["Clip10 per-layer"]["memory_ratio_to_one"] > 1
+    kernels = summary["models"]["mlp"]["kernels"]
+    assert set(kernels) == {
+        "plain s",
+        *(f"{w}, {k}" for w in ("fwd+bwd", "H·v") for k in ("default", "native")),
+    }
+    assert kernels["fwd+bwd, default"] == 1.0 and kernels["H·v, native"] > 1
+    table = (out / "cost.md").read_text()
+    assert "× plain" in table and "× 1 λ" in table and "(this process's CPU time)" in table
+    assert "| Clip10 per-layer | 4 |" in table and "H·v, native" in table
 
 
 def test_cost_rows_measure_steps_with_lambda_updates(tmp_path):
-    """No warm-up in the cost benchmark: every timed step pays for the validation gradient."""
-    for row in COST_ROWS[1:]:
+    """No warm-up in the cost benchmark: every timed step pays for the validation gradient;
+    the per-layer rows are the same methods with per_layer_l2."""
+    for row in (*COST_ROWS[1:], *PER_LAYER_ROWS[1:]):
         config = compose_config(MNIST, row, 1e-3, 10, 10, tmp_path)
         (cb,) = config["trainer"]["callbacks"]
         assert cb["init_args"]["warmup_steps"] == 0
+    for row in PER_LAYER_ROWS:
+        config = compose_config(MNIST, row, 1e-3, 10, 10, tmp_path)
+        assert config["model"]["init_args"]["per_layer_l2"] is True
+    assert "per_layer_l2" not in compose_config(MNIST, COST_ROWS[0], 1e-3, 10, 10, tmp_path)
+
+
+def test_cost_clock_errors(tmp_path):
+    from lightning_hyperopt.bench.cost import run_cost
+
+    with pytest.raises(ValueError, match=r"clock='gpu' is not supported; accepted .*'wall', 'cpu'"):
+        run_cost(tmp_path, clock="gpu")
+    with pytest.raises(ValueError, match="use clock='wall' on a GPU"):
+        run_cost(tmp_path, clock="cpu", gpu=True)
+    with pytest.raises(SystemExit):
+        main(["cost", "--out", str(tmp_path), "--clock", "process"])
 
 
 def test_compose_config_applies_row_overlays_and_settings(tmp_path):
@@ -224,3 +258,35 @@ def test_non_numeric_values_are_rejected(tmp_path, capsys, flag):
         main(["table3", "--out", str(tmp_path), flag, "0.4,high", "--no-progress"])
     assert "'0.4,high': expected comma-separated numbers" in capsys.readouterr().err
     assert not (tmp_path / "runs.jsonl").exists()  # nothing ran
+
+
+def test_kernel_ratios_report_a_missing_double_backward():
+    """Where H·v raises (cuDNN's RNN on a GPU has no double backward) the ratio is None."""
+    import torch
+
+    from lightning_hyperopt.bench.cost import kernel_ratios
+
+    class OnceDifferentiable(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return 2 * x * grad
+
+    class Square(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+
+        def training_loss(self, batch):
+            return OnceDifferentiable.apply(self.w * batch).sum()
+
+    ratios = kernel_ratios(Square(), torch.arange(3.0), repeats=1)
+    assert ratios["plain s"] > 0 and ratios["fwd+bwd, default"] == 1.0
+    assert ratios["fwd+bwd, native"] > 0
+    assert ratios["H·v, default"] is None and ratios["H·v, native"] is None

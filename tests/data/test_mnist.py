@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_hyperopt.data import MNISTDataModule, parse_idx, read_idx
 from lightning_hyperopt.data.mnist import MNIST_SHA256
@@ -179,6 +180,93 @@ def test_loaders(tiny) -> None:
     assert [len(x) for x, _ in dm.test_dataloader()] == [4, 4]
 
 
+def per_sample_loader(
+    dataset: TensorDataset, batch_size: int, seed: int | None, num_workers: int = 0
+) -> DataLoader:
+    """The loaders as they were before batches were gathered whole: per-image fetch + collate."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=seed is not None,
+        generator=None if seed is None else torch.Generator().manual_seed(seed),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def assert_same_batches(new: DataLoader, old: DataLoader, epochs: int = 2) -> None:
+    """Same number of batches, and batch by batch the same container, tensors, dtypes and
+    values; over several epochs of the same loader objects (a seeded shuffle advances)."""
+    assert len(new) == len(old)
+    for _ in range(epochs):
+        pairs = list(zip(new, old, strict=True))
+        assert len(pairs) == len(old)
+        for got, expected in pairs:
+            assert type(got) is type(expected) and len(got) == len(expected)
+            for a, b in zip(got, expected, strict=True):
+                assert a.dtype == b.dtype and a.shape == b.shape and a.is_contiguous()
+                assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(("batch_size", "flatten"), [(4, True), (7, False), (100, True)])
+def test_loaders_match_per_sample_loaders(tiny, batch_size: int, flatten: bool) -> None:
+    dm = make_dm(tiny, batch_size=batch_size, flatten=flatten, shuffle_seed=3)
+    cases = [
+        (dm.train_dataloader(), dm.train_set, 3),
+        (dm.val_dataloader(), dm.val_set, None),
+        (dm.test_dataloader(), dm.test_set, None),
+        (dm.hyperopt_dataloader(), dm.val_set, 4),  # shuffle_seed + 1
+    ]
+    for new, dataset, seed in cases:
+        assert_same_batches(new, per_sample_loader(dataset, batch_size, seed))
+
+
+def test_loader_with_workers_matches(tiny) -> None:
+    dm = make_dm(tiny, num_workers=1, shuffle_seed=2)
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers
+    # with workers, each epoch's iterator also draws the workers' seed from the generator
+    assert_same_batches(loader, per_sample_loader(dm.train_set, 4, 2, num_workers=1))
+
+
+def test_loaders_take_lightnings_distributed_sampler(tiny) -> None:
+    """Under DDP Lightning rebuilds the loader around a DistributedSampler: each rank then
+    gets whole batches of its own share of the indices, and the ranks cover the split."""
+    from pytorch_lightning.utilities.data import _is_dataloader_shuffled, _update_dataloader
+
+    dm = make_dm(tiny)
+    x, y = dm.train_set.tensors
+    train = dm.train_dataloader()
+    assert _is_dataloader_shuffled(train) and not _is_dataloader_shuffled(dm.val_dataloader())
+    seen = []
+    for rank in range(2):
+        sampler = DistributedSampler(train.dataset, num_replicas=2, rank=rank, seed=5)
+        loader = _update_dataloader(train, sampler)
+        indices = list(sampler)
+        batches = list(loader)
+        assert len(batches) == len(loader) == 4  # 15 indices per rank, batch 4
+        assert torch.equal(torch.cat([b[0] for b in batches]), x[indices])
+        assert torch.equal(torch.cat([b[1] for b in batches]), y[indices])
+        seen += indices
+    assert sorted(seen) == list(range(30))
+
+
+def test_train_size_keeps_the_first_images_of_the_split(tiny) -> None:
+    whole = make_dm(tiny, split_seed=2)
+    dm = make_dm(tiny, split_seed=2, train_size=12)
+    for a, b in zip(dm.train_set.tensors, whole.train_set.tensors, strict=True):
+        assert torch.equal(a, b[:12])
+    for a, b in zip(dm.val_set.tensors, whole.val_set.tensors, strict=True):
+        assert torch.equal(a, b)  # the validation split does not change
+    assert len(dm.train_dataloader()) == 3
+    assert len(make_dm(tiny, train_size=30).train_set) == 30  # all of them
+
+
+def test_train_size_larger_than_the_split(tiny) -> None:
+    with pytest.raises(ValueError, match=r"train_size=31 exceeds the 30 images .*\[1, 30\]"):
+        make_dm(tiny, train_size=31)
+
+
 def test_setup_stages(tiny) -> None:
     folder, sums = tiny
     dm = MNISTDataModule(str(folder), download=False, checksums=sums)
@@ -252,6 +340,9 @@ def test_download_failure(tmp_path: Path) -> None:
         ({"val_fraction": "0.5"}, "val_fraction must be a number"),
         ({"num_workers": -1}, "num_workers must be an integer >= 0"),
         ({"split_seed": -1}, "split_seed must be an integer >= 0"),
+        ({"train_size": 0}, "train_size must be an integer >= 1 or None, got 0"),
+        ({"train_size": 2.5}, "train_size must be an integer >= 1 or None, got 2.5"),
+        ({"train_size": True}, "train_size must be an integer >= 1 or None"),
         (
             {"checksums": {"train-images": "x"}},
             r"checksums: unknown file name\(s\) \['train-images'\]",
@@ -277,8 +368,13 @@ def test_cli_parses_constructor(tmp_path: Path) -> None:
         ["--data.data_dir", str(tmp_path), "--data.batch_size", "7", "--data.download", "false"]
     )
     assert (cfg.data.batch_size, cfg.data.download, cfg.data.val_fraction) == (7, False, 0.25)
+    assert cfg.data.train_size is None
     dm = parser.instantiate(cfg).data
     assert isinstance(dm, MNISTDataModule) and dm.batch_size == 7
+    cfg = parser.parse_args(["--data.data_dir", str(tmp_path), "--data.train_size", "5000"])
+    assert parser.instantiate(cfg).data.train_size == 5000
+    with pytest.raises(SystemExit):  # the parser refuses a non-integer
+        parser.parse_args(["--data.data_dir", str(tmp_path), "--data.train_size", "0.5"])
 
 
 def test_trains_with_lightning(tiny) -> None:

@@ -192,6 +192,86 @@ def test_loaders_yield_windows_in_stream_order(tiny) -> None:
     assert [len(x[0]) for x, _ in dm.train_dataloader()] == [3, 3, 3, 1]
 
 
+def stream_windows(tokens: torch.Tensor, rows: int, bptt: int) -> list[list[torch.Tensor]]:
+    """The batches the loaders gave before, rebuilt by hand: the stream cut into ``rows`` rows
+    (the remainder dropped), walked in windows of ``bptt`` with targets shifted by one; as the
+    default collate handed them on, a list [input, target] of contiguous LongTensors."""
+    n = len(tokens) // rows
+    stream = tokens[: rows * n].reshape(rows, n)
+    return [
+        [stream[:, s : min(s + bptt, n - 1)].clone(), stream[:, s + 1 : min(s + bptt, n - 1) + 1]]
+        for s in range(0, n - 1, bptt)
+    ]
+
+
+@pytest.mark.parametrize(("batch_size", "bptt", "eval_batch_size"), [(2, 3, 1), (3, 4, 2)])
+def test_loaders_match_the_stream_windows(tiny, batch_size, bptt, eval_batch_size) -> None:
+    dm = make_dm(tiny, batch_size=batch_size, bptt=bptt, eval_batch_size=eval_batch_size)
+    for loader, split, rows in [
+        (dm.train_dataloader(), "train", batch_size),
+        (dm.val_dataloader(), "valid", eval_batch_size),
+        (dm.test_dataloader(), "test", eval_batch_size),
+        (dm.hyperopt_dataloader(), "valid", batch_size),
+    ]:
+        expected = stream_windows(dm.tokens[split], rows, bptt)
+        assert len(loader) == len(expected)
+        for _ in range(2):  # every pass gives the same windows
+            for got, want in zip(loader, expected, strict=True):
+                assert type(got) is list and len(got) == 2
+                for a, b in zip(got, want, strict=True):
+                    assert a.dtype == torch.long and a.is_contiguous()
+                    assert torch.equal(a, b)
+
+
+def test_train_fraction_trains_on_the_first_part_of_the_stream(tiny) -> None:
+    whole = make_dm(tiny)
+    dm = make_dm(tiny, train_fraction=0.5)
+    assert dm.vocab == whole.vocab  # the vocabulary still comes from the whole split
+    assert torch.equal(dm.tokens["train"], whole.tokens["train"])
+    kept = dm.stream_tokens("train")
+    assert len(kept) == round(0.5 * 23) == 12
+    assert torch.equal(kept, whole.tokens["train"][:12])
+    windows = [torch.cat(t, 1) for t in zip(*dm.train_dataloader())]
+    assert torch.equal(windows[0], batchify(kept, 2)[:, :-1])
+    assert len(dm.train_dataloader()) < len(whole.train_dataloader())
+    for name in ("val_dataloader", "test_dataloader", "hyperopt_dataloader"):
+        ours, theirs = list(getattr(dm, name)()), list(getattr(whole, name)())
+        assert all(torch.equal(a[0], b[0]) for a, b in zip(ours, theirs, strict=True))
+
+
+def test_train_fraction_too_small(tiny) -> None:
+    # 23 training tokens, batch_size 2: at least 4 tokens (2 per row) are needed
+    make_dm(tiny, train_fraction=4 / 23)
+    with pytest.raises(ValueError, match=r"train_fraction=0.1 keeps 2 of the 23 .* >= 4/23"):
+        make_dm(tiny, train_fraction=0.1)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (0, r"train_fraction must be in \(0, 1\], got 0"),
+        (1.5, r"train_fraction must be in \(0, 1\], got 1.5"),
+        (float("nan"), r"train_fraction must be in \(0, 1\]"),
+        ("0.5", r"train_fraction must be a number in \(0, 1\]"),
+        (True, r"train_fraction must be a number"),
+    ],
+)
+def test_train_fraction_validation(tmp_path: Path, value, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PTBDataModule(str(tmp_path), train_fraction=value)
+
+
+def test_cli_parses_train_fraction(tmp_path: Path) -> None:
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(PTBDataModule, "data")
+    cfg = parser.parse_args(["--data.data_dir", str(tmp_path)])
+    assert cfg.data.train_fraction == 1.0
+    cfg = parser.parse_args(["--data.data_dir", str(tmp_path), "--data.train_fraction", "0.25"])
+    assert parser.instantiate(cfg).data.train_fraction == 0.25
+
+
 def test_checksums(tiny) -> None:
     folder, sums = tiny
     name = "ptb.valid.txt"
