@@ -492,7 +492,7 @@ class TangentEngine:
                 h.value.copy_(torch.where(finite, new, h.value))
                 ok.append(finite)
             good = torch.stack(ok)
-            self.tangent = torch.where(good.unsqueeze(1), self.tangent, 0.0)
+            self.tangent = self._select(good, good.all(), self.tangent, None)
             self._nonfinite += (~good).long()
         self.updates += 1
         self.sync_weight_decay()

@@ -45,7 +45,12 @@ def global_norm(tensors: Sequence[Tensor], batch_dim: int | None = None) -> Tens
     if batch_dim is None:
         norms = torch.stack([torch.linalg.vector_norm(t) for t in tensors])
         return torch.linalg.vector_norm(norms)
-    return torch.sqrt(inner(tensors, tensors, batch_dim))
+    # one pass per tensor, no temporary x·x: rows of (n, -1) views
+    rows = [
+        torch.linalg.vector_norm(t.movedim(batch_dim, 0).reshape(t.shape[batch_dim], -1), dim=1)
+        for t in tensors
+    ]
+    return rows[0] if len(rows) == 1 else torch.linalg.vector_norm(torch.stack(rows), dim=0)
 
 
 def project_l2_ball(
