@@ -122,7 +122,7 @@ def test_adam_and_adamw_tangent_equals_finite_differences(opt, kind, clip):
     L2 penalty, the optimizer's weight decay, or a generic λ; no clipping, norm clipping
     active on some steps, value clipping; a step schedule and two param groups."""
     lam = 0.05
-    theta, engine = train(lam, kind, OPTIMIZERS[opt], clip=CLIPS[clip])
+    _, engine = train(lam, kind, OPTIMIZERS[opt], clip=CLIPS[clip])
     fd = finite_difference(lam, kind, OPTIMIZERS[opt], clip=CLIPS[clip])
     assert fd.abs().max() > 1e-3
     torch.testing.assert_close(engine.tangent[0], fd, rtol=1e-6, atol=1e-6 * fd.abs().max())
@@ -154,7 +154,7 @@ def test_norm_clipping_is_active_on_some_steps_only():
 def test_a_branch_whose_first_gradient_comes_late(make):
     """Torch starts each parameter's momentum buffer or moments at its own first gradient:
     here a branch listed first in its group gets none before step 3."""
-    theta, engine = train(0.05, "l2", make, late_from=3)
+    _, engine = train(0.05, "l2", make, late_from=3)
     fd = finite_difference(0.05, "l2", make, late_from=3)
     torch.testing.assert_close(engine.tangent[0], fd, rtol=1e-6, atol=1e-6 * fd.abs().max())
 
@@ -166,7 +166,7 @@ def test_maximize(maximize):
             return torch.optim.SGD(groups, lr=0.01, momentum=0.5, maximize=True)
         return torch.optim.Adam(groups, lr=0.01, maximize=True)
 
-    theta, engine = train(0.05, "l2", make, steps=10)
+    _, engine = train(0.05, "l2", make, steps=10)
     fd = finite_difference(0.05, "l2", make, steps=10)
     torch.testing.assert_close(engine.tangent[0], fd, rtol=1e-6, atol=1e-6 * fd.abs().max())
 
