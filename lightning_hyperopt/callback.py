@@ -233,7 +233,8 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         if not trainer.gradient_clip_val:
             return None
         algorithm = trainer.gradient_clip_algorithm or "norm"
-        return GradientClipping(float(trainer.gradient_clip_val), str(algorithm))  # type: ignore[arg-type]
+        name = str(getattr(algorithm, "value", algorithm))  # Lightning's enum or a string
+        return GradientClipping(float(trainer.gradient_clip_val), name)  # type: ignore[arg-type]
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         hyperparameters = find_hyperparameters(pl_module)

@@ -1,15 +1,29 @@
-"""Shared fixtures: a small float64 regression model that declares its hyperparameters."""
+"""Shared fixtures: a small float64 regression model that declares its hyperparameters.
+
+The Lightning namespace the callback's tests run under is ``pytorch_lightning``, or the one
+named by ``LIGHTNING_HYPEROPT_TEST_NAMESPACE`` (``lightning.pytorch``: tests/test_namespaces.py
+runs the callback's test files again under it). Test files take ``pl`` from here.
+"""
 
 from __future__ import annotations
 
+import functools
+import importlib
+import os
+
 import pytest
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_hyperopt import Hyperparameter, L2Penalty, OnlineHyperparamCallback, WeightDecay
 from lightning_hyperopt.bench.records import bare_trainer
+
+NAMESPACE = os.environ.get("LIGHTNING_HYPEROPT_TEST_NAMESPACE", "pytorch_lightning")
+pl = importlib.import_module(NAMESPACE)
+importlib.import_module(f"{NAMESPACE}.callbacks")
+importlib.import_module(f"{NAMESPACE}.loggers")
+importlib.import_module(f"{NAMESPACE}.utilities.model_summary")
 
 
 def regression_data(n_train=24, n_val=256, n_features=12, noise=1.0, seed=0):
@@ -111,7 +125,7 @@ class Recorder(pl.Callback):
         self.values.append([float(h.value) for h in hs.values()])
 
 
-make_trainer = bare_trainer
+make_trainer = functools.partial(bare_trainer, namespace=NAMESPACE)
 
 
 NO_UPDATE = 10**9  # a warm-up that never ends: λ stays fixed

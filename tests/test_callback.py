@@ -52,6 +52,63 @@ def test_tangent_equals_finite_differences_of_two_trainings(sgd, penalty, init, 
     torch.testing.assert_close(tangent, fd, rtol=1e-5, atol=1e-8)
 
 
+class TwoGroups(Regression):
+    """Adam, AdamW or SGD over two param groups, with a step learning-rate schedule."""
+
+    def __init__(self, penalty, init, optimizer, weight_decay=0.0):
+        super().__init__(penalty, init, lr=0.02)
+        self.optimizer_name, self.weight_decay = optimizer, weight_decay
+
+    def configure_optimizers(self):
+        groups = [
+            {"params": list(self.first.parameters())},
+            {"params": list(self.second.parameters()), "lr": 0.01},
+        ]
+        wd = self.weight_decay
+        if self.optimizer_name == "sgd":
+            opt = torch.optim.SGD(groups, lr=self.lr, momentum=0.9, weight_decay=wd)
+        else:
+            cls = torch.optim.AdamW if self.optimizer_name == "adamw" else torch.optim.Adam
+            opt = cls(groups, lr=self.lr, weight_decay=wd)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10, gamma=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+@pytest.mark.parametrize(
+    "optimizer, penalty, clip",
+    [
+        ("adam", "l2", ("norm", 0.5)),
+        ("adam", "wd", ("value", 0.05)),
+        ("adamw", "wd", None),
+        ("adamw", "l2", ("norm", 0.5)),
+        ("sgd", "scalar", ("norm", 0.5)),
+    ],
+)
+def test_tangent_through_lightning_optimizers_and_gradient_clipping(optimizer, penalty, clip):
+    """y_T against central differences of two whole Lightning trainings (30 steps, float64):
+    Adam (coupled weight decay), AdamW (decoupled), SGD momentum; Lightning's
+    gradient_clip_val by norm or by value; a step schedule; two param groups. Adam's update is
+    steep where a gradient entry is near 0, so the difference's O(δ²) error needs a small δ
+    (float64 keeps its rounding error near 1e-8 of the tangent)."""
+    steps, delta, lam = 30, 1e-8, 0.05
+    kwargs = {}
+    if clip is not None:
+        kwargs = {"gradient_clip_algorithm": clip[0], "gradient_clip_val": clip[1]}
+    which = 1 if penalty == "scalar" else 0
+
+    def train(shift):
+        model = TwoGroups(penalty, lam, optimizer)
+        getattr(model, {"l2": "l2", "wd": "wd", "scalar": "smooth_l1"}[penalty]).value += shift
+        cb, _, _ = fit(model, Exact(), steps, warmup_steps=NO_UPDATE, **kwargs)
+        return cb, final_params(model)
+
+    cb, _ = train(0.0)
+    fd = (train(delta)[1] - train(-delta)[1]) / (2 * delta)
+    tangent = torch.cat([t.reshape(-1) for t in cb.engine.tangents[which]])
+    assert fd.abs().max() > 1e-3
+    torch.testing.assert_close(tangent, fd, rtol=1e-6, atol=1e-6 * float(fd.abs().max()))
+
+
 @pytest.mark.parametrize("init, direction", [(3.0, -1), (1e-4, +1)], ids=["over", "under"])
 def test_lambda_moves_the_right_way(init, direction):
     """Over-regularized starts go down, under-regularized ones go up, towards one value."""

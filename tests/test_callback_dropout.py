@@ -2,11 +2,8 @@
 the replay's masks, the edges of λ and the eval-mode g_V pass (float64, CPU)."""
 
 import pytest
-import pytorch_lightning as pl
 import torch
-from conftest import NO_UPDATE, Recorder, Regression, make_trainer, regression_data
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.utilities.model_summary import ModelSummary
+from conftest import NO_UPDATE, Recorder, Regression, make_trainer, pl, regression_data
 from replay_probe import DriftRecorder, hessian_vector_products
 from torch import nn
 from torch.utils.data import DataLoader
@@ -57,7 +54,7 @@ def test_adopted_dropout_is_tuned_and_shows_in_the_summary(mode, names):
     assert (model.drop_in.keep is model.drop.keep) is (mode == "shared")
     assert rec.values[0] != [0.8] * len(names)  # moved from 1 − p at the first step
     assert all(0.1 <= v <= 1.0 for values in rec.values for v in values)
-    summary = ModelSummary(model, max_depth=-1)
+    summary = pl.utilities.model_summary.ModelSummary(model, max_depth=-1)
     assert summary.layer_types.count("TunableDropout") == 2
     assert "KeepProbability" in summary.layer_types
 
@@ -90,7 +87,7 @@ def test_adoption_survives_checkpoint_and_resume(tmp_path):
         return rec.values, model
 
     straight, model_straight = resumable_run(total)
-    saver = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=at, save_top_k=-1)
+    saver = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=at, save_top_k=-1)
     resumable_run(at, [saver])
     ckpt = tmp_path / f"epoch=1-step={at}.ckpt"
     state = torch.load(ckpt, weights_only=True)["state_dict"]

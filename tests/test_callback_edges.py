@@ -1,8 +1,7 @@
 """Edge cases of the Lightning loop: skipped steps, stateful layers, fit twice, data plumbing."""
 
-import pytorch_lightning as pl
 import torch
-from conftest import NO_UPDATE, Regression, fit, make_trainer, regression_data
+from conftest import NO_UPDATE, Regression, fit, make_trainer, pl, regression_data
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 

@@ -172,3 +172,69 @@ def test_checkpoint_of_another_model_is_rejected(tmp_path):
         make_trainer([fresh], 2).fit(
             Regression("l2"), DataLoader(regression_data()[0]), DataLoader(regression_data()[1])
         )
+
+
+class VectorValidation(Steps):
+    def validation_loss(self, batch):
+        x, y = batch
+        return ((self(x) - y) ** 2).squeeze(1)  # per-sample losses, not their mean
+
+
+class VectorTraining(Steps):
+    def training_step(self, batch, batch_idx):
+        Steps.steps += 1
+        x, y = batch
+        return ((self(x) - y) ** 2).squeeze(1)
+
+
+def test_non_scalar_validation_loss_is_caught_before_training():
+    match = r"validation_loss must return a scalar tensor .* got \(64,\)"
+    assert fit_raises(VectorValidation("l2"), ValueError, match, warmup_steps=200) == 0
+
+
+def test_non_scalar_training_loss_is_caught_before_the_first_optimizer_step():
+    model = VectorTraining("l2")
+    before = [p.detach().clone() for p in model.parameters()]
+    match = r"the loss training_step returns must be a scalar .* shape \(24,\)"
+    assert fit_raises(model, ValueError, match) == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_validation_batch_the_hook_cannot_take_fails_at_fit_start():
+    class WantsThree(Steps):
+        def validation_loss(self, batch):
+            x, y, _ = batch
+            return super().validation_loss((x, y))
+
+    match = r"validation_loss failed on a batch of the validation dataloader before training"
+    assert fit_raises(WantsThree("l2"), ValueError, match) == 0
+
+
+def test_non_finite_validation_loss_at_start():
+    class NaNValidation(Steps):
+        def validation_loss(self, batch):
+            return super().validation_loss(batch) * float("nan")
+
+    assert fit_raises(NaNValidation("l2"), ValueError, r"validation_loss returned nan") == 0
+
+
+def test_dropout_model_without_training_loss():
+    from lightning_hyperopt import KeepProbability, TunableDropout
+
+    class NoReplay(Steps):
+        training_loss = None
+
+        def __init__(self):
+            super().__init__("none")
+            self.drop = TunableDropout(KeepProbability(0.8))
+
+        def training_step(self, batch, batch_idx):
+            return self.data_loss(batch)
+
+    match = r"must define `training_loss\(batch\) -> Tensor`.*\['drop.keep'\]"
+    assert fit_raises(NoReplay(), TypeError, match) == 0
+
+
+def test_bad_max_nonfinite_steps():
+    with pytest.raises(ValueError, match=r"max_nonfinite_steps=0 must be an integer >= 1"):
+        OnlineHyperparamCallback(max_nonfinite_steps=0)

@@ -2,9 +2,7 @@
 
 import pytest
 import torch
-from conftest import Recorder, Regression, make_trainer, regression_data
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import TensorBoardLogger
+from conftest import Recorder, Regression, make_trainer, pl, regression_data
 from torch.utils.data import DataLoader
 
 from lightning_hyperopt import Clip, OnlineHyperparamCallback, Unroll
@@ -35,7 +33,7 @@ def test_resume_continues_the_same_lambda_trajectory(tmp_path, method, val_posit
         return rec.values, cb, model
 
     straight, cb_straight, model_straight = run(total, [])
-    saver = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=at, save_top_k=-1)
+    saver = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=at, save_top_k=-1)
     run(at, [saver])
     ckpt = tmp_path / f"epoch=1-step={at}.ckpt"
     state = torch.load(ckpt, weights_only=True)["callbacks"]["OnlineHyperparamCallback"]
@@ -54,7 +52,7 @@ def test_lambda_scalars_reach_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     model = Regression("per_layer", (0.05, 0.01))
-    logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    logger = pl.loggers.TensorBoardLogger(tmp_path, name="run", version=0)
     cb = OnlineHyperparamCallback(Clip(0.5, 1.0))
     trainer = make_trainer([cb], 12, logger=logger, log_every_n_steps=3)
     trainer.fit(model, *loaders())

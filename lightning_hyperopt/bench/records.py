@@ -118,11 +118,20 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def bare_trainer(callbacks: Sequence[Any], max_steps: int, **overrides: Any) -> Any:
-    """A ``pl.Trainer`` on CPU for ``max_steps`` with nothing but training: no logger,
+def bare_trainer(
+    callbacks: Sequence[Any],
+    max_steps: int,
+    namespace: str = "pytorch_lightning",
+    **overrides: Any,
+) -> Any:
+    """A ``Trainer`` on CPU for ``max_steps`` with nothing but training: no logger,
     checkpoints, progress bar, model summary, sanity check or validation loop (the tuner
-    draws its own validation batches). ``overrides`` replace or add Trainer arguments."""
-    import pytorch_lightning as pl
+    draws its own validation batches). ``namespace``: the Lightning package the Trainer comes
+    from (``pytorch_lightning`` or ``lightning.pytorch``). ``overrides`` replace or add Trainer
+    arguments."""
+    import importlib
+
+    pl = importlib.import_module(namespace)
 
     settings: dict[str, Any] = dict(
         accelerator="cpu",

@@ -157,6 +157,7 @@ class TangentEngine:
         self._micro_batches = 0
         self._drift: Tensor | None = None
         self._loss_ok: Tensor | None = None
+        self._step_ok = torch.ones((), dtype=torch.bool, device=device)  # the last step's
         self._hvp = False
         self.sync_weight_decay()
         self.attach()
@@ -389,6 +390,7 @@ class TangentEngine:
         else:  # a non-finite direction shows in the hypergradient, which update() checks
             self.direction = self._select(step_ok.expand(len(self.hypers)), step_ok, delta, None)
             self._nonfinite += bad_step.long()
+        self._step_ok = step_ok
         self._streak = (self._streak + 1) * bad_step.long()
         self._streak_max = torch.maximum(self._streak_max, self._streak)
         self.step += 1
@@ -483,17 +485,19 @@ class TangentEngine:
         self.hypergradients = hypergradient.detach()
         alpha = self.method.hyper_step(self.lr)
         ok = []
+        step_ok = self._step_ok  # a skipped (non-finite) training step moves λ neither
         with torch.no_grad():
             for j, h in enumerate(self.hypers):
                 new = hyperparameter_step(
                     h.value, hypergradient[j], alpha, h.parameterization, h.bounds
                 )
                 finite = torch.isfinite(new)  # a non-finite h, or an overflowing log step
-                h.value.copy_(torch.where(finite, new, h.value))
+                h.value.copy_(torch.where(finite & step_ok, new, h.value))
                 ok.append(finite)
             good = torch.stack(ok)
-            self.tangent = self._select(good, good.all(), self.tangent, None)
-            self._nonfinite += (~good).long()
+            # a non-finite hypergradient after a good step: y_j starts again from 0, counted
+            self.tangent = self._select(good | ~step_ok, step_ok, self.tangent, self.tangent)
+            self._nonfinite += (~good & step_ok).long()
         self.updates += 1
         self.sync_weight_decay()
         return True

@@ -1,0 +1,89 @@
+"""A training loss that turns NaN: λ keeps its last finite value, the steps are counted, a
+warning says so once, the run stops after ``max_nonfinite_steps`` in a row without saving a
+checkpoint of the broken weights, and an earlier checkpoint resumes."""
+
+import math
+
+import pytest
+import torch
+from conftest import Recorder, Regression, make_trainer, pl, regression_data
+from torch.utils.data import DataLoader
+
+from lightning_hyperopt import Clip, OnlineHyperparamCallback
+
+
+class NaNFrom(Regression):
+    """Float32 regression (no grad scaler) whose training loss is NaN from step ``bad_from``."""
+
+    def __init__(self, bad_from=None):
+        super().__init__("l2", 0.05, momentum=0.9)
+        self.bad_from = bad_from
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        if self.bad_from is not None and self.global_step >= self.bad_from:
+            loss = loss * math.nan
+        return loss
+
+
+def loaders():
+    train, val = regression_data()
+    return DataLoader(train, batch_size=6), DataLoader(val, batch_size=64)
+
+
+def test_nan_loss_stops_the_run_and_an_earlier_checkpoint_resumes(tmp_path):
+    saver = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=20, save_top_k=-1)
+    callback = OnlineHyperparamCallback(Clip(5.0, 0.05), max_nonfinite_steps=10)
+    recorder = Recorder()
+    trainer = make_trainer(
+        [callback, recorder, saver],
+        200,
+        enable_checkpointing=True,
+        default_root_dir=tmp_path,
+        log_every_n_steps=5,
+    )
+    model = NaNFrom(bad_from=50)
+    with (
+        pytest.warns(UserWarning, match=r"non-finite values at step \d+"),
+        pytest.raises(RuntimeError, match=r"1\d training steps in a row had a non-finite loss"),
+    ):
+        trainer.fit(model, *loaders())
+    lam = [v[0] for v in recorder.values]
+    assert 59 <= len(lam) < 70  # stopped at the first check after 10 bad steps (50–59)
+    assert all(math.isfinite(v) for v in lam)
+    assert len(set(lam[49:])) == 1 and lam[48] != lam[49]  # frozen from step 50 on
+    assert callback.engine.nonfinite[0] >= 10
+    saved = sorted(p.name for p in tmp_path.glob("*.ckpt"))
+    assert saved == ["epoch=4-step=20.ckpt", "epoch=9-step=40.ckpt"]  # not the broken 60
+    state = torch.load(tmp_path / "epoch=9-step=40.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(t).all() for t in state.values())
+    resumed, callback = NaNFrom(), OnlineHyperparamCallback(Clip(5.0, 0.05))
+    trainer = make_trainer([callback], 60)
+    trainer.fit(resumed, *loaders(), ckpt_path=str(tmp_path / "epoch=9-step=40.ckpt"))
+    assert callback.engine.step == 60 and math.isfinite(float(resumed.l2.value))
+    assert callback.engine.nonfinite == [0]
+
+
+def test_a_few_non_finite_steps_are_skipped_and_the_run_goes_on():
+    """One NaN loss (then finite again, θ restored by the test): counted, λ and y skip that
+    step only, no stop."""
+
+    class OnceNaN(Regression):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * math.nan if self.global_step == 5 else loss
+
+        def on_before_optimizer_step(self, optimizer):
+            if self.global_step == 5:  # the optimizer would apply NaN: drop this gradient
+                for p in self.parameters():
+                    p.grad = torch.zeros_like(p)
+
+    callback = OnlineHyperparamCallback(Clip(5.0, 0.05), max_nonfinite_steps=3)
+    recorder = Recorder()
+    model = OnceNaN("l2", 0.05)
+    with pytest.warns(UserWarning, match="non-finite values"):
+        make_trainer([callback, recorder], 12, log_every_n_steps=4).fit(model, *loaders())
+    lam = [v[0] for v in recorder.values]
+    assert lam[5] == lam[4] and lam[6] != lam[5]
+    assert callback.engine.nonfinite == [1] and callback.engine.step == 12
+    assert all(torch.isfinite(p).all() for p in model.parameters())
