@@ -165,8 +165,14 @@ class QuadraticProblem(pl.LightningModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader(torch.zeros(1, 1), batch_size=1)
 
-    def on_train_end(self) -> None:
-        lam, lam_star = float(self.lam.value), float(self.problem.lambda_star)
-        self.print(
-            f"λ = {lam:.6f}   analytic λ* = {lam_star:.6f}   |λ − λ*| = {abs(lam - lam_star):.2e}"
-        )
+    def result_line(self) -> str:
+        """``λ = …   analytic λ* = …   |λ − λ*| = …``: the tuned λ against the closed-form λ*."""
+        lam, star = float(self.lam.value), float(self.problem.lambda_star)
+        return f"λ = {lam:.6f}   analytic λ* = {star:.6f}   |λ − λ*| = {abs(lam - star):.2e}"
+
+    def on_fit_end(self) -> None:
+        # A plain print on rank zero, once, after fit: `self.print` goes through the progress bar,
+        # which the bar's own `on_train_end` has already closed, so it printed nothing with the
+        # default bar; `rank_zero_info` goes to the logging handler (stderr), not to stdout.
+        if self.trainer.is_global_zero:
+            print(self.result_line(), flush=True)
