@@ -398,13 +398,13 @@ def table1_markdown(summary: Mapping[str, Any]) -> str:
         f"\n{p['repeats']} repeats, d = {p['dim']}, diag(H) ~ U[{low:g}, {high:g}], sampling "
         f"seed {p['seed']}; {phases}; hyper "
         f"step 0.1η; λ₀ = {p['init_lambda']}, warm-up {p['warmup_steps']}. First-order fixed "
-        f"point (where Unroll1 and Unroll1-gTgV stop): mean |λ_FO − λ*| = "
+        f"point (where Unroll1 and Unroll1-gTgV stop if λ converges): mean |λ_FO − λ*| = "
         f"{summary['first_order_fixed_point_error']:.3f}. "
     )
     unroll = summary["unroll_fixed_point_error"]
     if unroll:
         note += (
-            "Fixed points λ_K where UnrollK stops once θ has converged, at each phase's η: mean "
+            "Fixed points λ_K (where UnrollK stops if λ converges) at each phase's η: mean "
             "|λ_K − λ*| = "
             + "; ".join(f"{n} {', '.join(f'{e:.3f}' for e in errs)}" for n, errs in unroll.items())
             + ". "
