@@ -13,7 +13,8 @@ Protocol (paper, Table 1): d = 20, H diagonal, 50 repeats; 20K steps of plain SG
 (→ θ₁, λ₁), then 20K at η = 1e-4 (→ θ₂, λ₂); hyper step 0.1η. Metrics: mean |λᵢ − λ*| and the
 mean relative increase of L_V(θᵢ) over L_V(θ*(λ*)). The paper leaves the sampling, λ₀ and the
 warm-up open: the sampling is :func:`~lightning_hyperopt.problems.quadratic.sample_quadratic`'s,
-λ₀ = ``init_lambda`` (0.3 by default, the middle of the λ* range) and there is no warm-up.
+diag(H) ~ U[0.5, 2] unless ``spectrum`` says otherwise, λ₀ = ``init_lambda`` (0.3 by default,
+the middle of the λ* range) and there is no warm-up.
 """
 
 from __future__ import annotations
@@ -34,7 +35,12 @@ from lightning_hyperopt.core.functional import (
     tangent_drift,
 )
 from lightning_hyperopt.core.methods import Clip, Exact, FirstOrder, HyperMethod, Unroll
-from lightning_hyperopt.problems.quadratic import QuadraticInstance, sample_quadratic
+from lightning_hyperopt.problems.quadratic import (
+    DEFAULT_SPECTRUM,
+    QuadraticInstance,
+    check_spectrum,
+    sample_quadratic,
+)
 
 from .records import RunLog, environment, fmt, markdown_table, progress, write_json
 
@@ -59,6 +65,30 @@ PAPER_TABLE1: dict[str, tuple[float, float, float, float]] = {
 }
 #: the paper's schedule: (steps, η) per phase
 PAPER_SCHEDULE: tuple[tuple[int, float], ...] = ((20_000, 1e-3), (20_000, 1e-4))
+#: λ is clamped to this range after every hyper step
+LAMBDA_BOUNDS: tuple[float, float] = (0.0, 10.0)
+
+
+def check_stable(
+    spectrum: Sequence[float],
+    schedule: Sequence[tuple[int, float]],
+    bounds: tuple[float, float] = LAMBDA_BOUNDS,
+) -> None:
+    """η·(1 + λ)·h < 2 for every η of ``schedule``, every h ≤ the spectrum's high end and every
+    λ the clamp ``bounds`` allows: SGD on L_T, whose step multiplies θ − θ*(λ) by
+    I − η(1 + λ)H, and the tangent recurrence (the same matrix) contract. Raises
+    ``ValueError`` naming the settings otherwise."""
+    _, high = check_spectrum(spectrum)
+    lr = max(lr for _, lr in schedule)
+    rate = lr * (1 + bounds[1]) * high
+    if not rate < 2:
+        raise ValueError(
+            f"spectrum={tuple(spectrum)} with schedule {tuple(schedule)}: "
+            f"η_max·(1 + λ_max)·h_max = {lr:g}·{1 + bounds[1]:g}·{high:g} = {rate:.3g} >= 2, so "
+            f"SGD diverges for some λ in the clamp range {bounds}; lower the schedule's learning "
+            f"rates or the spectrum's high end (the paper's: {DEFAULT_SPECTRUM}, "
+            f"{PAPER_SCHEDULE})"
+        )
 
 
 @dataclass
@@ -79,7 +109,7 @@ def run_vectorized(
     schedule: Sequence[tuple[int, float]],
     init_lambda: float,
     warmup_steps: int = 0,
-    bounds: tuple[float, float] = (0.0, 10.0),
+    bounds: tuple[float, float] = LAMBDA_BOUNDS,
     record_every: int = 1,
     show_progress: bool = False,
     desc: str = "",
@@ -151,6 +181,58 @@ def first_order_fixed_point(problem: QuadraticInstance) -> Tensor:
     return num / den - 1
 
 
+def unroll_fixed_point(
+    problem: QuadraticInstance,
+    steps: int,
+    lr: float,
+    bounds: tuple[float, float] = LAMBDA_BOUNDS,
+    iterations: int = 80,
+) -> Tensor:
+    """The λ where UnrollK stops once θ has converged to θ*(λ) = θ̄/(1+λ).
+
+    A window of K tangent steps from y = 0 with M = I − η(1+λ)H gives
+    y_K = −(I − M^K) θ̄/(1+λ)², so ⟨g_V(θ*(λ)), y_K⟩ = −f(λ)/(1+λ)² with
+    f(λ) = ⟨H(θ*(λ) − θ̃), (I − M^K) θ̄⟩, and λ rises while f > 0. The root of f is found by
+    bisection in ``bounds`` (a bound when f keeps one sign there). K = 1 is the first-order
+    fixed point (:func:`first_order_fixed_point`); as Kηh grows, λ_K → λ*. A window that is K
+    copies of Unroll1's (Kηh ≪ 1) has M^K ≈ I − Kη(1+λ)H: the same root as K = 1."""
+
+    def f(lam: Tensor) -> Tensor:
+        m = 1 - lr * (1 + lam.unsqueeze(-1)) * problem.h
+        g_val = problem.h * (problem.theta_star(lam) - problem.theta_tilde)
+        return (g_val * (1 - m**steps) * problem.theta_bar).sum(-1)
+
+    low = torch.full_like(problem.lambda_star, bounds[0])
+    high = torch.full_like(problem.lambda_star, bounds[1])
+    below, above = f(low) <= 0, f(high) >= 0  # λ is pushed onto a bound
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        rising = f(mid) > 0
+        low, high = torch.where(rising, mid, low), torch.where(rising, high, mid)
+    root = (low + high) / 2
+    return torch.where(below, bounds[0], torch.where(above, bounds[1], root))
+
+
+def unroll_fixed_point_errors(
+    problem: QuadraticInstance, names: Sequence[str], schedule: Sequence[tuple[int, float]]
+) -> dict[str, list[float]]:
+    """Mean |λ_K − λ*| over the repeats for each UnrollK row of ``names``, one value per phase
+    of ``schedule`` (at that phase's η)."""
+    out: dict[str, list[float]] = {}
+    for name in names:
+        method = TABLE1_METHODS[name]()
+        if isinstance(method, Unroll):
+            out[name] = [
+                float(
+                    (unroll_fixed_point(problem, method.steps, lr) - problem.lambda_star)
+                    .abs()
+                    .mean()
+                )
+                for _, lr in schedule
+            ]
+    return out
+
+
 def phase_metrics(problem: QuadraticInstance, theta: Tensor, lam: Tensor) -> dict[str, float]:
     """Mean |λ − λ*| and mean relative increase of L_V(θ) over L_V(θ*(λ*)) across repeats."""
     best = problem.validation_loss(problem.theta_star(problem.lambda_star))
@@ -173,14 +255,17 @@ def run_table1(
     methods: Sequence[str] | None = None,
     record_every: int = 100,
     show_progress: bool = True,
+    spectrum: Sequence[float] = DEFAULT_SPECTRUM,
 ) -> dict[str, Any]:
-    """Run Table 1 end to end; writes ``table.md``, ``runs.jsonl``, ``summary.json`` and
-    ``table1.png`` into ``out`` and returns the summary."""
+    """Run Table 1 end to end, diag(H) ~ U[``spectrum``]; writes ``table.md``, ``runs.jsonl``,
+    ``summary.json`` and ``table1.png`` into ``out`` and returns the summary."""
     names = list(TABLE1_METHODS) if methods is None else list(methods)
     unknown = [m for m in names if m not in TABLE1_METHODS]
     if unknown:
         raise ValueError(f"methods: unknown {unknown}; accepted values: {list(TABLE1_METHODS)}")
-    problem = sample_quadratic(dim, repeats, seed)
+    spectrum = check_spectrum(spectrum)
+    check_stable(spectrum, schedule)
+    problem = sample_quadratic(dim, repeats, seed, spectrum=spectrum)
     log = RunLog(out)
     start = time.perf_counter()
     curves: dict[str, dict[str, list[float]]] = {}
@@ -207,6 +292,7 @@ def run_table1(
                 "seed": seed,
                 "repeats": repeats,
                 "dim": dim,
+                "spectrum": spectrum,
                 "schedule": schedule,
                 "init_lambda": init_lambda,
                 "warmup_steps": warmup_steps,
@@ -222,6 +308,7 @@ def run_table1(
         "protocol": {
             "repeats": repeats,
             "dim": dim,
+            "spectrum": spectrum,
             "seed": seed,
             "schedule": schedule,
             "init_lambda": init_lambda,
@@ -230,6 +317,7 @@ def run_table1(
         "first_order_fixed_point_error": float(
             (first_order_fixed_point(problem) - problem.lambda_star).abs().mean()
         ),
+        "unroll_fixed_point_error": unroll_fixed_point_errors(problem, names, schedule),
         "rows": rows,
         "wall_s": time.perf_counter() - start,
     }
@@ -244,7 +332,8 @@ def run_table1(
             ("train_loss", "mean L_T(θ, λ)", "log"),
             ("val_loss_increase", "L_V(θ) / L_V(θ*(λ*)) − 1", "log"),
         ],
-        title=f"Quadratic problem, {repeats} repeats (d = {dim}); η changes at the dashed line",
+        title=f"Quadratic problem, {repeats} repeats (d = {dim}, diag(H) ~ U[{spectrum[0]:g}, "
+        f"{spectrum[1]:g}]); η changes at the dashed line",
         path=out / "table1.png",
         vlines=[s for s, _ in _phase_boundaries(schedule)],
     )
@@ -305,10 +394,21 @@ def table1_markdown(summary: Mapping[str, Any]) -> str:
         )
     p = summary["protocol"]
     phases = ", then ".join(f"{n} steps at η = {lr:g}" for n, lr in p["schedule"])
+    low, high = p["spectrum"]
     note = (
-        f"\n{p['repeats']} repeats, d = {p['dim']}, sampling seed {p['seed']}; {phases}; hyper "
+        f"\n{p['repeats']} repeats, d = {p['dim']}, diag(H) ~ U[{low:g}, {high:g}], sampling "
+        f"seed {p['seed']}; {phases}; hyper "
         f"step 0.1η; λ₀ = {p['init_lambda']}, warm-up {p['warmup_steps']}. First-order fixed "
-        f"point (where Unroll1 and Unroll1-gTgV stop): mean |λ_FO − λ*| = "
-        f"{summary['first_order_fixed_point_error']:.3f}. Wall time {summary['wall_s']:.0f} s.\n"
+        f"point (where Unroll1 and Unroll1-gTgV stop if λ converges): mean |λ_FO − λ*| = "
+        f"{summary['first_order_fixed_point_error']:.3f}. "
     )
+    unroll = summary["unroll_fixed_point_error"]
+    if unroll:
+        note += (
+            "Fixed points λ_K (where UnrollK stops if λ converges) at each phase's η: mean "
+            "|λ_K − λ*| = "
+            + "; ".join(f"{n} {', '.join(f'{e:.3f}' for e in errs)}" for n, errs in unroll.items())
+            + ". "
+        )
+    note += f"Wall time {summary['wall_s']:.0f} s.\n"
     return markdown_table(header, body) + note

@@ -5,14 +5,16 @@
 H diagonal. Then θ*(λ) = θ̄ / (1 + λ), dθ*/dλ = −θ̄ / (1 + λ)², and
 λ* = θ̄ᵀH(θ̄ − θ̃) / θ̃ᵀHθ̄.
 
-Sampling (the paper leaves it open): diag(H) ~ U[0.5, 2]; λ* ~ U[0.2, 0.4]; ‖dθ*/dλ‖ at λ*
-~ U[3, 5], which sets ‖θ̄‖ = ‖dθ*/dλ‖·(1 + λ*)² along a uniformly random direction;
-θ̃ = θ̄ / (1 + λ*) + n with n ⟂_H θ̄ (nᵀHθ̄ = 0, so λ* is exact) and ‖n‖ = ‖θ̄‖ / (1 + λ*).
+Sampling (the paper leaves it open): diag(H) ~ U[low, high], by default U[0.5, 2]
+(``spectrum``); λ* ~ U[0.2, 0.4]; ‖dθ*/dλ‖ at λ* ~ U[3, 5], which sets
+‖θ̄‖ = ‖dθ*/dλ‖·(1 + λ*)² along a uniformly random direction; θ̃ = θ̄ / (1 + λ*) + n with
+n ⟂_H θ̄ (nᵀHθ̄ = 0, so λ* is exact for any positive spectrum) and ‖n‖ = ‖θ̄‖ / (1 + λ*).
 The H-orthogonal part n is what makes first-order methods biased.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,17 +56,41 @@ class QuadraticInstance:
         return -self.theta_bar / (1 + lam.unsqueeze(-1)) ** 2
 
 
+#: the default range of diag(H): U[0.5, 2]
+DEFAULT_SPECTRUM: tuple[float, float] = (0.5, 2.0)
+
+
+def check_spectrum(spectrum: Sequence[float]) -> tuple[float, float]:
+    """``(low, high)`` with 0 < low ≤ high < ∞, so that H = diag(U[low, high]) is positive
+    definite (θ*(λ) and λ* exist); raises ``ValueError`` naming the setting otherwise."""
+    values = tuple(spectrum)
+    if len(values) != 2:
+        raise ValueError(
+            f"spectrum={values!r}: expected two numbers (low, high), e.g. {DEFAULT_SPECTRUM}"
+        )
+    low, high = (float(v) for v in values)
+    if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
+        raise ValueError(
+            f"spectrum={values!r}: diag(H) ~ U[low, high] needs 0 < low <= high < inf "
+            f"(H positive definite), e.g. {DEFAULT_SPECTRUM} or (1.0, 100.0)"
+        )
+    return low, high
+
+
 def sample_quadratic(
     dim: int = 20,
     repeats: int | None = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
+    spectrum: Sequence[float] = DEFAULT_SPECTRUM,
 ) -> QuadraticInstance:
-    """Sample ``repeats`` problems (or one, with ``repeats=None``) as documented above."""
+    """Sample ``repeats`` problems (or one, with ``repeats=None``) as documented above, with
+    diag(H) ~ U[``spectrum``]; the default draws the same problems as before the option."""
+    low, high = check_spectrum(spectrum)
     g = torch.Generator().manual_seed(seed)
     shape = (1 if repeats is None else repeats, dim)
     n_rep = shape[0]
-    h = 0.5 + 1.5 * torch.rand(shape, generator=g, dtype=dtype)
+    h = low + (high - low) * torch.rand(shape, generator=g, dtype=dtype)
     lambda_star = 0.2 + 0.2 * torch.rand(n_rep, generator=g, dtype=dtype)
     tangent_norm = 3.0 + 2.0 * torch.rand(n_rep, generator=g, dtype=dtype)
     direction = torch.randn(shape, generator=g, dtype=dtype)
@@ -165,8 +191,14 @@ class QuadraticProblem(pl.LightningModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader(torch.zeros(1, 1), batch_size=1)
 
-    def on_train_end(self) -> None:
-        lam, lam_star = float(self.lam.value), float(self.problem.lambda_star)
-        self.print(
-            f"λ = {lam:.6f}   analytic λ* = {lam_star:.6f}   |λ − λ*| = {abs(lam - lam_star):.2e}"
-        )
+    def result_line(self) -> str:
+        """``λ = …   analytic λ* = …   |λ − λ*| = …``: the tuned λ against the closed-form λ*."""
+        lam, star = float(self.lam.value), float(self.problem.lambda_star)
+        return f"λ = {lam:.6f}   analytic λ* = {star:.6f}   |λ − λ*| = {abs(lam - star):.2e}"
+
+    def on_fit_end(self) -> None:
+        # A plain print on rank zero, once, after fit: `self.print` goes through the progress bar,
+        # which the bar's own `on_train_end` has already closed, so it printed nothing with the
+        # default bar; `rank_zero_info` goes to the logging handler (stderr), not to stdout.
+        if self.trainer.is_global_zero:
+            print(self.result_line(), flush=True)
