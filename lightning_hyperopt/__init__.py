@@ -8,12 +8,15 @@ imports torch only; the Lightning adapter is imported on first use.
 from typing import Any
 
 from lightning_hyperopt.core import (
+    AdaptiveStep,
     Clip,
     Exact,
     FirstOrder,
     HyperMethod,
+    HyperOptimizer,
     Hyperparameter,
     L2Penalty,
+    PaperStep,
     TangentEngine,
     Unroll,
     WeightDecay,
@@ -30,15 +33,18 @@ _LAZY = {
 }
 
 __all__ = [
+    "AdaptiveStep",
     "Clip",
     "Exact",
     "FirstOrder",
     "HyperMethod",
+    "HyperOptimizer",
     "Hyperparameter",
     "KeepProbability",
     "L2Penalty",
     "LSTMLanguageModel",
     "OnlineHyperparamCallback",
+    "PaperStep",
     "TangentEngine",
     "TunableDropout",
     "Unroll",

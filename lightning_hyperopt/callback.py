@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -15,6 +16,11 @@ from torch.utils.data import DataLoader
 from lightning_hyperopt._lightning import callback_bases, namespace_of
 from lightning_hyperopt.core.dropout import ADOPT_MODES, AdoptMode, adopt_dropout
 from lightning_hyperopt.core.engine import GradientClipping, TangentEngine, check_optimizer
+from lightning_hyperopt.core.hyper_optimizers import (
+    HyperOptimizer,
+    HyperOptimizerName,
+    resolve_hyper_optimizer,
+)
 from lightning_hyperopt.core.hyperparameters import Hyperparameter, WeightDecay
 from lightning_hyperopt.core.methods import HyperMethod, resolve_method
 
@@ -39,7 +45,8 @@ def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         for m, training in modes:
-            m.training = training
+            if m.training is not training:
+                object.__setattr__(m, "training", training)  # a flag: no module bookkeeping
 
 
 @contextlib.contextmanager
@@ -83,6 +90,11 @@ def _restoring_buffers(module: torch.nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for b, copy in saved:
                 b.copy_(copy)
+
+
+def move_data_to_device(batch: Any, device: torch.device) -> Any:
+    """The tensors of ``batch`` on ``device`` (what Lightning's default transfer hook does)."""
+    return apply_to_collection(batch, Tensor, lambda t: t.to(device, non_blocking=True))
 
 
 def _shape(value: Any) -> str:
@@ -144,6 +156,14 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
             ``None`` leaves the model as it is.
         max_nonfinite_steps: consecutive training steps with a non-finite loss or gradient
             after which the run stops with an error.
+        hyper_optimizer: the hyper step: ``AdaptiveStep(lr, max_step)`` (scale-free: one
+            setting serves every task), ``PaperStep()`` (the paper's λ ← λ − c·η·h, with c the
+            method's ``hyper_lr_scale``), or their names ``"adaptive"``, ``"paper"``. ``None``
+            (default): the paper's rule when the method was given ``hyper_lr_scale`` (or
+            FirstOrder's ``hyper_lr``), the adaptive one otherwise.
+        hyper_every: k ≥ 1: draw g_V and move λ at every k-th update point only (y still moves
+            every step; the paper rule's step is multiplied by k). A change of estimator that
+            saves k − 1 validation passes in k; 1 is the paper's algorithm.
     """
 
     def __init__(
@@ -153,6 +173,8 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         prog_bar: bool = True,
         adopt_dropout: AdoptMode | None = None,
         max_nonfinite_steps: int = 10,
+        hyper_optimizer: HyperOptimizer | HyperOptimizerName | None = None,
+        hyper_every: int = 1,
     ) -> None:
         super().__init__()
         if adopt_dropout is not None and adopt_dropout not in ADOPT_MODES:
@@ -162,6 +184,8 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
             )
         self.adopt_dropout = adopt_dropout
         self.method = resolve_method(method)
+        self.hyper_optimizer = resolve_hyper_optimizer(hyper_optimizer, self.method)
+        self.hyper_every = _count("hyper_every", hyper_every, 1)
         self.warmup_steps = _count("warmup_steps", warmup_steps, 0)
         self.max_nonfinite_steps = _count("max_nonfinite_steps", max_nonfinite_steps, 1)
         self.prog_bar = prog_bar
@@ -179,6 +203,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         self._warned_nonfinite = False
         self._logged = False
         self._val_loader: Any = None
+        self._transfer_hooks = True  # call Lightning's batch-transfer hooks for g_V's batches
         self._val_iter: Iterator[Any] | None = None
         self._val_pass = 0
         self._val_index = 0
@@ -258,6 +283,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         if self.engine is not None:
             self.engine.detach()
         if state is None:
+            self.hyper_optimizer.load_state_dict({})  # a fresh start: no moments yet
             for h in hyperparameters.values():
                 if isinstance(h, WeightDecay) and h.init_from_optimizer:
                     wd = float(optimizer.param_groups[h.group]["weight_decay"])
@@ -269,6 +295,8 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
             optimizer,
             self.warmup_steps,
             gradient_clipping=self._gradient_clipping(trainer),
+            hyper_optimizer=self.hyper_optimizer,
+            hyper_every=self.hyper_every,
             extra_grad_targets=[
                 p for p in pl_module.parameters() if p.requires_grad and id(p) not in optimized
             ],
@@ -291,6 +319,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
             self._val_index = int(state["val_index"])
             self._restored = None
         self._val_iter = None
+        self._transfer_hooks = _overrides_transfer_hooks(trainer, pl_module)
         self._stash.clear()
         self._warned_nonfinite = False
         self._logged = False
@@ -570,15 +599,18 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         batch = trainer.precision_plugin.convert_input(
             self._next_val_batch() if batch is None else batch
         )
-        # the batch-transfer hooks see a validation batch (`trainer.validating`), so
-        # training-only augmentation there leaves g_V's batches alone
-        stage = trainer.state.stage
-        trainer.state.stage = namespace_of(trainer).trainer.states.RunningStage.VALIDATING
-        try:
-            batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
-            batch = trainer.strategy.batch_to_device(batch)
-        finally:
-            trainer.state.stage = stage
+        if self._transfer_hooks:
+            # the batch-transfer hooks see a validation batch (`trainer.validating`), so
+            # training-only augmentation there leaves g_V's batches alone
+            stage = trainer.state.stage
+            trainer.state.stage = namespace_of(trainer).trainer.states.RunningStage.VALIDATING
+            try:
+                batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+                batch = trainer.strategy.batch_to_device(batch)
+            finally:
+                trainer.state.stage = stage
+        elif pl_module.device.type != "cpu":  # what the default hooks would do, minus their cost
+            batch = move_data_to_device(batch, pl_module.device)
         # cuDNN's RNN has no backward in eval mode: g_V of an RNN runs on the native kernels
         kernels = _native_rnn_kernels() if self._native_rnn else contextlib.nullcontext()
         with _eval_mode(pl_module), kernels, trainer.precision_plugin.forward_context():
@@ -602,6 +634,31 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
 @contextlib.contextmanager
 def _null() -> Iterator[None]:
     yield
+
+
+_TRANSFER_HOOKS = (
+    "on_before_batch_transfer",
+    "transfer_batch_to_device",
+    "on_after_batch_transfer",
+)
+
+
+def _overrides_transfer_hooks(trainer: Trainer, pl_module: LightningModule) -> bool:
+    """Whether the module or datamodule customizes a batch-transfer hook (or the strategy is not
+    a plain single device): only then do g_V's batches go through Lightning's hook calls."""
+    ns = namespace_of(trainer)
+    if type(trainer.strategy) is not ns.strategies.SingleDeviceStrategy:
+        return True
+    for owner, base in (
+        (pl_module, ns.LightningModule),
+        (trainer.datamodule, ns.LightningDataModule),
+    ):
+        if owner is None:
+            continue
+        for name in _TRANSFER_HOOKS:
+            if getattr(type(owner), name, None) is not getattr(base, name, None):
+                return True
+    return False
 
 
 def _count(name: str, value: int, low: int) -> int:

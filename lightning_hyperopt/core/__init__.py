@@ -1,6 +1,7 @@
 """Framework-free core: tangent recurrence, methods, hyperparameters (imports torch only)."""
 
 from lightning_hyperopt.core.engine import TangentEngine, check_optimizer
+from lightning_hyperopt.core.hyper_optimizers import AdaptiveStep, HyperOptimizer, PaperStep
 from lightning_hyperopt.core.hyperparameters import Hyperparameter, L2Penalty, WeightDecay
 from lightning_hyperopt.core.methods import (
     METHODS,
@@ -14,12 +15,15 @@ from lightning_hyperopt.core.methods import (
 
 __all__ = [
     "METHODS",
+    "AdaptiveStep",
     "Clip",
     "Exact",
     "FirstOrder",
     "HyperMethod",
+    "HyperOptimizer",
     "Hyperparameter",
     "L2Penalty",
+    "PaperStep",
     "TangentEngine",
     "Unroll",
     "WeightDecay",

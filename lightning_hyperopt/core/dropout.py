@@ -95,6 +95,10 @@ class KeepProbability(Hyperparameter):
         self.eps = eps
         self._shifted: Tensor | None = None
 
+    @property
+    def natural_space(self) -> Parameterization:
+        return "logit"  # a probability: steps in log-odds
+
     def current(self) -> Tensor:
         """The λ in use: the perturbed λ₊ or λ₋ inside :meth:`perturbed`, else ``value``."""
         return self.value if self._shifted is None else self._shifted

@@ -32,8 +32,15 @@ from lightning_hyperopt.core.functional import (
     Tangent,
     clip_norm_tangent,
     clip_value_tangent,
-    hyperparameter_step,
+    from_space,
     second_order_drift,
+    space_slope,
+    to_space,
+)
+from lightning_hyperopt.core.hyper_optimizers import (
+    HyperOptimizer,
+    resolve_hyper_optimizer,
+    space_masks,
 )
 from lightning_hyperopt.core.hyperparameters import (
     Hyperparameter,
@@ -69,6 +76,73 @@ class GradientClipping:
             raise ValueError(f"gradient clipping value={self.value!r} must be > 0")
 
 
+class NonFiniteCounts:
+    """Non-finite bookkeeping: per hyperparameter, the skipped steps, tangents and
+    hypergradients; the current run of non-finite training steps and its longest length since
+    the last :meth:`report`. Device tensors (no host read per step), or Python integers where
+    reading a flag is free (``on_host``, the CPU)."""
+
+    def __init__(self, rows: int, device: torch.device, on_host: bool) -> None:
+        self.on_host = on_host
+        self.rows = rows
+        self._per_row: Tensor | list[int]
+        self._run: Tensor | int
+        self._longest: Tensor | int
+        if on_host:
+            self._per_row, self._run, self._longest = [0] * rows, 0, 0
+        else:
+            self._per_row = torch.zeros(rows, dtype=torch.int64, device=device)
+            self._run = torch.zeros((), dtype=torch.int64, device=device)
+            self._longest = torch.zeros((), dtype=torch.int64, device=device)
+        self.device = device
+
+    def add_step(self, bad_step: Tensor, bad_rows: Tensor | None) -> None:
+        """One training step: ``bad_step`` (its loss or gradient was not finite) counts on
+        every row, ``bad_rows`` (a non-finite tangent) on its own."""
+        if self.on_host:
+            bad = bool(bad_step)
+            rows = [False] * self.rows if bad_rows is None or bad else bad_rows.tolist()
+            self._per_row = [n + (bad or r) for n, r in zip(self._per_row, rows)]  # type: ignore[arg-type]
+            self._run = self._run + 1 if bad else 0  # type: ignore[operator]
+            self._longest = max(self._longest, self._run)  # type: ignore[call-overload]
+            return
+        extra = bad_step if bad_rows is None else bad_step | bad_rows
+        self._per_row += extra.long()  # type: ignore[operator]
+        self._run = (self._run + 1) * bad_step.long()
+        self._longest = torch.maximum(self._longest, self._run)  # type: ignore[arg-type]
+
+    def add_rows(self, bad_rows: Tensor) -> None:
+        """Non-finite hypergradients, one flag per row."""
+        if self.on_host:
+            self._per_row = [n + r for n, r in zip(self._per_row, bad_rows.tolist())]  # type: ignore[arg-type]
+        else:
+            self._per_row += bad_rows.long()  # type: ignore[operator]
+
+    def per_row(self) -> list[int]:
+        rows = self._per_row
+        return list(rows) if isinstance(rows, list) else [int(n) for n in rows.tolist()]
+
+    def as_tensor(self) -> Tensor:
+        rows = self._per_row
+        return rows if isinstance(rows, Tensor) else torch.tensor(rows, device=self.device)
+
+    def report(self) -> tuple[int, int]:
+        """(the current run, the longest run since the last report): one read."""
+        if self.on_host:
+            now, longest = int(self._run), int(self._longest)  # type: ignore[arg-type]
+            self._longest = now
+            return now, longest
+        now, longest = torch.stack([self._run, self._longest]).tolist()  # type: ignore[list-item]
+        self._longest.copy_(self._run)  # type: ignore[union-attr]
+        return int(now), int(longest)
+
+    def load(self, per_row: list[int]) -> None:
+        if self.on_host:
+            self._per_row = list(per_row)
+        else:
+            self._per_row = torch.tensor(per_row, dtype=torch.int64, device=self.device)
+
+
 class TangentEngine:
     """Carries one tangent y_j = dθ/dλ_j per hyperparameter along training.
 
@@ -85,6 +159,16 @@ class TangentEngine:
         extra_grad_targets: tensors besides the optimized parameters whose ``.grad``
             :meth:`backward` fills, as ``loss.backward()`` would (e.g. parameters of the model
             that the optimizer does not hold).
+        hyper_optimizer: the hyper step (:class:`~lightning_hyperopt.PaperStep`,
+            :class:`~lightning_hyperopt.AdaptiveStep`, or their names ``"paper"``,
+            ``"adaptive"``); ``None``: the paper's rule when ``method`` was given its step, the
+            adaptive one otherwise.
+        hyper_every: k ≥ 1: g_V and the λ step on every k-th update point only (y still moves
+            every step); the paper rule's step is multiplied by k. A change of estimator that
+            saves k − 1 validation passes in k.
+        sync_free: never read a device value on the host. ``None``: on for accelerators; off on
+            the CPU, where reading a flag costs nothing and lets the common case (everything
+            finite) skip the masking work. Both give the same results.
     """
 
     def __init__(
@@ -96,6 +180,9 @@ class TangentEngine:
         gradient_clipping: GradientClipping | None = None,
         reduce: Callable[[Tensor], Tensor] | None = None,
         extra_grad_targets: Sequence[Tensor] = (),
+        sync_free: bool | None = None,
+        hyper_optimizer: HyperOptimizer | str | None = None,
+        hyper_every: int = 1,
     ) -> None:
         if not hyperparameters:
             raise ValueError("no hyperparameter to tune")
@@ -137,6 +224,18 @@ class TangentEngine:
                 e = torch.zeros(m, dtype=self.layout.dtype, device=self.layout.device)
                 e[j] = 1.0
                 self.decay_rows[h.group] = e
+        self.hyper_optimizer = resolve_hyper_optimizer(hyper_optimizer, method)
+        if isinstance(hyper_every, bool) or int(hyper_every) != hyper_every or hyper_every < 1:
+            raise ValueError(f"hyper_every={hyper_every!r} must be an integer >= 1")
+        self.hyper_every = int(hyper_every)
+        natural = self.hyper_optimizer.space == "natural"
+        spaces = [h.natural_space if natural else h.parameterization for h in self.hypers]
+        device = self.layout.device
+        self._spaces = space_masks(spaces, device)
+        bounds = torch.tensor(
+            [h.bounds for h in self.hypers], dtype=self.hypers[0].value.dtype, device=device
+        )
+        self._low, self._high = bounds[:, 0], bounds[:, 1]
         self.step = 0
         self.updates = 0
         self.lr = float(optimizer.param_groups[0]["lr"])
@@ -147,15 +246,14 @@ class TangentEngine:
         self.norms: Tensor | None = None
         self.clipped: Tensor | None = None
         self.hypergradients: Tensor | None = None
-        self._nonfinite = torch.zeros(m, dtype=torch.int64, device=device)
-        self._streak = torch.zeros((), dtype=torch.int64, device=device)
-        self._streak_max = torch.zeros((), dtype=torch.int64, device=device)
+        #: never read a device value on the host (see :meth:`_select`); by default on off the CPU
+        self.sync_free = device.type != "cpu" if sync_free is None else bool(sync_free)
+        self._counts = NonFiniteCounts(m, device, on_host=not self.sync_free)
         self._index = {id(p): i for i, p in enumerate(params)}
-        #: never read a device value on the host (see :meth:`_select`); on by default off the CPU
-        self.sync_free = self.layout.device.type != "cpu"
         self._window_open = False
         self._micro_batches = 0
         self._drift: Tensor | None = None
+        self._zeros: Tensor | None = None  # a drift buffer for steps without graph terms
         self._loss_ok: Tensor | None = None
         self._step_ok = torch.ones((), dtype=torch.bool, device=device)  # the last step's
         self._hvp = False
@@ -202,7 +300,7 @@ class TangentEngine:
             return
         self._window_open = True
         reset = self.method.resets_at(self.step)
-        if reset:
+        if reset and self.method.uses_tangent:  # first order never reads y
             self.tangent.zero_()
             self.rule.reset()
         # right after a reset y = 0, so H y = 0: the Hessian-vector product is skipped
@@ -340,8 +438,10 @@ class TangentEngine:
             return False
         self._window_open = False
         drift = self._drift
-        if drift is None:
-            drift = self.tangent.new_zeros(self.tangent.shape)
+        if drift is None:  # no term from the graph (first order with closed-form λ): reuse
+            if self._zeros is None:
+                self._zeros = torch.zeros_like(self.tangent)
+            drift = self._zeros.zero_()
         self._add_closed_form(drift)
         if loss_scale is not None:
             drift = drift / loss_scale
@@ -355,9 +455,9 @@ class TangentEngine:
         if self.reduce is not None:
             drift = self.reduce(drift)
         grads = [p.grad for p in self.params]
-        present = [g for g in grads if g is not None]
-        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(present)))
-        finite = self._loss_ok & torch.isfinite(grad_norm)
+        # the loss's finiteness stands for the step's (a pass over every gradient would cost
+        # as much as a tangent step); a non-finite gradient shows in y's norm or in the next loss
+        finite = self._loss_ok
         if step_skipped is None:
             step_ok, bad_step = finite, ~finite
         else:  # the grad scaler's skip is expected: not counted, but θ does not move
@@ -368,6 +468,7 @@ class TangentEngine:
         if clip is not None and grad is not None:
             if clip.algorithm == "norm":
                 grad_tangent = clip_norm_tangent(drift, grad, clip.value)
+                grad_norm = torch.linalg.vector_norm(grad)
                 grad = grad * torch.clamp(clip.value / (grad_norm + 1e-6), max=1.0)
             else:
                 grad_tangent = clip_value_tangent(drift, grad, clip.value)
@@ -386,13 +487,11 @@ class TangentEngine:
                 for name, t in state.items()
             }
             self.norms, self.clipped = norms, clipped
-            self._nonfinite += (bad_step | (step_ok & ~rows_ok)).long()
+            self._counts.add_step(bad_step, step_ok & ~rows_ok)
         else:  # a non-finite direction shows in the hypergradient, which update() checks
             self.direction = self._select(step_ok.expand(len(self.hypers)), step_ok, delta, None)
-            self._nonfinite += bad_step.long()
+            self._counts.add_step(bad_step, None)
         self._step_ok = step_ok
-        self._streak = (self._streak + 1) * bad_step.long()
-        self._streak_max = torch.maximum(self._streak_max, self._streak)
         self.step += 1
         return True
 
@@ -411,7 +510,7 @@ class TangentEngine:
 
     def _add_closed_form(self, drift: Tensor) -> None:
         """∂g/∂λ_j = Σ_calls a · θ_call for the penalties, from the calls they recorded."""
-        rows = self.layout.views(drift)
+        spans = self.layout.spans
         for j in self.closed_form_rows:
             penalty = self.hypers[j]
             used = False
@@ -420,10 +519,11 @@ class TangentEngine:
                     continue
                 used = True
                 coefficient = call.coefficient.to(drift.dtype)
+                row = drift[j]
                 for p in call.params:
                     i = self._index.get(id(p))
                     if i is not None:  # a penalized tensor the optimizer does not train
-                        rows[i][j].addcmul_(p.detach(), coefficient)
+                        row[spans[i]].addcmul_(p.detach().reshape(-1), coefficient)
             if not used:
                 raise ValueError(
                     f"L2Penalty {self.names[j]!r} was not part of the training loss of step "
@@ -454,16 +554,20 @@ class TangentEngine:
 
     # -------------------------------------------------------------------- after optimizer.step
     def should_update(self) -> bool:
-        """Whether λ moves after the step just taken (t = step − 1)."""
+        """Whether λ moves after the step just taken (t = step − 1): after the warm-up, when
+        the method updates, and on every ``hyper_every``-th such step."""
         t = self.step - 1
-        return t >= 0 and t >= self.warmup_steps and self.method.updates_at(t)
+        if t < 0 or t < self.warmup_steps or not self.method.updates_at(t):
+            return False
+        return (t - self.warmup_steps) % self.hyper_every == self.hyper_every - 1
 
     def update(self, validation_loss: Callable[[], Tensor]) -> bool:
-        """λ_j ← λ_j − α_t h_j with h_j = ⟨g_V(θ_{t+1}), y_j⟩ (first order: −⟨g_V, ḋ_j⟩).
+        """λ_j moves against h_j = ⟨g_V(θ_{t+1}), y_j⟩ (first order: −⟨g_V, ḋ_j⟩) by the
+        hyper optimizer's rule, inside its bounds.
 
         ``validation_loss`` returns L_V(θ) with a graph through the parameters. Returns whether
         λ was updated. A non-finite h_j (or new λ_j) leaves λ_j as it was, resets y_j and is
-        counted.
+        counted; after a skipped (non-finite) training step no λ moves.
         """
         if not self.should_update():
             return False
@@ -483,21 +587,24 @@ class TangentEngine:
         if self.reduce is not None:
             hypergradient = self.reduce(hypergradient)
         self.hypergradients = hypergradient.detach()
-        alpha = self.method.hyper_step(self.lr)
-        ok = []
-        step_ok = self._step_ok  # a skipped (non-finite) training step moves λ neither
+        step_ok = self._step_ok
         with torch.no_grad():
-            for j, h in enumerate(self.hypers):
-                new = hyperparameter_step(
-                    h.value, hypergradient[j], alpha, h.parameterization, h.bounds
-                )
-                finite = torch.isfinite(new)  # a non-finite h, or an overflowing log step
-                h.value.copy_(torch.where(finite & step_ok, new, h.value))
-                ok.append(finite)
-            good = torch.stack(ok)
+            values = torch.stack([h.value for h in self.hypers])
+            log, logit = self._spaces
+            h = hypergradient.to(values.dtype)
+            grad = h * space_slope(values, log, logit)
+            rows = torch.isfinite(grad) & step_ok
+            alpha = self.method.hyper_step(self.lr) * self.hyper_every
+            u = self.hyper_optimizer.step(to_space(values, log, logit), grad, alpha, rows)
+            new = torch.minimum(torch.maximum(from_space(u, log, logit), self._low), self._high)
+            good = torch.isfinite(new)  # a non-finite h, or an overflowing step
+            torch._foreach_copy_(
+                [hp.value for hp in self.hypers], list(torch.where(good & rows, new, values))
+            )
             # a non-finite hypergradient after a good step: y_j starts again from 0, counted
-            self.tangent = self._select(good | ~step_ok, step_ok, self.tangent, self.tangent)
-            self._nonfinite += (~good & step_ok).long()
+            bad = ~(good & rows) & step_ok
+            self.tangent = self._select(~bad, step_ok, self.tangent, self.tangent)
+            self._counts.add_rows(bad)
         self.updates += 1
         self.sync_weight_decay()
         return True
@@ -508,6 +615,7 @@ class TangentEngine:
         number of non-finite steps, tangents or hypergradients skipped so far (device tensors:
         reading them is the caller's choice)."""
         out: dict[str, Tensor] = {}
+        counts = self._counts.as_tensor().float()
         norms = self.norms if self.norms is not None else self.tangent.norm(dim=1)
         for j, name in enumerate(self.names):
             out[name] = self.hypers[j].value.detach()
@@ -517,20 +625,18 @@ class TangentEngine:
                 out[f"{name}/tangent_norm"] = norms[j]
             if self.clipped is not None:
                 out[f"{name}/clipped"] = self.clipped[j].float()
-            out[f"{name}/nonfinite"] = self._nonfinite[j].float()
+            out[f"{name}/nonfinite"] = counts[j]
         return out
 
     @property
     def nonfinite(self) -> list[int]:
         """Per hyperparameter, the skipped non-finite steps, tangents and hypergradients."""
-        return [int(n) for n in self._nonfinite.tolist()]
+        return self._counts.per_row()
 
     def nonfinite_report(self) -> tuple[int, int]:
         """(non-finite training steps in a row now, the longest such run since the last
         report): one read from the device."""
-        now, longest = torch.stack([self._streak, self._streak_max]).tolist()
-        self._streak_max.copy_(self._streak)
-        return int(now), int(longest)
+        return self._counts.report()
 
     # --------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -546,6 +652,7 @@ class TangentEngine:
                 k: None if t is None else t.detach().clone() for k, t in self.rule.state.items()
             },
             "direction": None if self.direction is None else self.direction.detach().clone(),
+            "hyper_optimizer": self.hyper_optimizer.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -569,9 +676,7 @@ class TangentEngine:
         self.step = int(state["step"])
         self.updates = int(state["updates"])
         self.lr = float(state["lr"])
-        self._nonfinite = torch.tensor(
-            [int(n) for n in state["nonfinite"]], dtype=torch.int64, device=like.device
-        )
+        self._counts.load([int(n) for n in state["nonfinite"]])
         self.tangent = tangent.to(like.device, like.dtype)
         self.rule.state = {
             k: None if t is None else t.to(like.device, like.dtype)
@@ -579,3 +684,4 @@ class TangentEngine:
         }
         direction = state.get("direction")
         self.direction = None if direction is None else direction.to(like.device, like.dtype)
+        self.hyper_optimizer.load_state_dict(state.get("hyper_optimizer", {}))

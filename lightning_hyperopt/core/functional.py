@@ -273,6 +273,33 @@ def clip_value_tangent(grad_tangent: Tensor, grad: Tensor, clip_value: float) ->
     return torch.where(grad.abs() <= clip_value, grad_tangent, 0.0)
 
 
+#: a value this close to a log or logit space's edge stands for the edge (log 0, logit 0 or 1)
+_EDGE = 1e-12
+
+
+def to_space(values: Tensor, log: Tensor | bool, logit: Tensor | bool) -> Tensor:
+    """u = φ(λ) entry by entry: log λ where ``log``, log(λ/(1 − λ)) where ``logit``, λ
+    elsewhere (masks broadcasting against ``values``, or booleans). Edges map to ±27.6."""
+    log, logit = (torch.as_tensor(x, device=values.device) for x in (log, logit))
+    inside = values.clamp(_EDGE, 1.0 - _EDGE)
+    u_log = torch.log(values.clamp_min(_EDGE))
+    u_logit = torch.log(inside) - torch.log1p(-inside)
+    return torch.where(log, u_log, torch.where(logit, u_logit, values))
+
+
+def from_space(u: Tensor, log: Tensor | bool, logit: Tensor | bool) -> Tensor:
+    """λ = φ⁻¹(u), the inverse of :func:`to_space`."""
+    log, logit = (torch.as_tensor(x, device=u.device) for x in (log, logit))
+    return torch.where(log, torch.exp(u), torch.where(logit, torch.sigmoid(u), u))
+
+
+def space_slope(values: Tensor, log: Tensor | bool, logit: Tensor | bool) -> Tensor:
+    """dλ/du at λ: λ (log), λ(1 − λ) (logit), 1 (identity)."""
+    log, logit = (torch.as_tensor(x, device=values.device) for x in (log, logit))
+    ones = torch.ones_like(values)
+    return torch.where(log, values, torch.where(logit, values * (1.0 - values), ones))
+
+
 def hyperparameter_step(
     value: Tensor,
     hypergradient: Tensor,
@@ -280,16 +307,15 @@ def hyperparameter_step(
     parameterization: str,
     bounds: tuple[float, float],
 ) -> Tensor:
-    """One step on λ, kept inside its bounds:
+    """The paper's step on λ, kept inside its bounds: u ← u − α·h·dλ/du in u = φ(λ),
 
         identity:  λ ← clip(λ − α·h, low, high)
         log:       λ ← clip(exp(log λ − α·λ·h), low, high)   (h·λ = dL_V/d log λ)
+        logit:     λ ← clip(σ(logit λ − α·λ(1 − λ)·h), low, high)
 
     h = dL_V/dλ is the hypergradient and α the hyper step.
     """
     h = hypergradient.to(value.dtype)
-    if parameterization == "log":
-        new = torch.exp(torch.log(value) - step_size * value * h)
-    else:
-        new = value - step_size * h
-    return new.clamp(min=bounds[0], max=bounds[1])
+    log, logit = parameterization == "log", parameterization == "logit"
+    u = to_space(value, log, logit) - step_size * h * space_slope(value, log, logit)
+    return from_space(u, log, logit).clamp(min=bounds[0], max=bounds[1])

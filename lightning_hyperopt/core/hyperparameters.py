@@ -15,8 +15,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-Parameterization = Literal["identity", "log"]
-PARAMETERIZATIONS = ("identity", "log")
+Parameterization = Literal["identity", "log", "logit"]
+PARAMETERIZATIONS = ("identity", "log", "logit")
 #: how ∂g_T/∂λ is obtained: λ in the loss's graph (autograd), in closed form from the terms the
 #: hyperparameter recorded (``closed_form``: ``L2Penalty``), applied by the optimizer, or estimated
 #: by central finite differences of replayed losses (see ``Hyperparameter.perturbed``)
@@ -48,8 +48,9 @@ class Hyperparameter(nn.Module):
     Args:
         init: starting value λ₀, inside ``bounds``.
         bounds: (low, high); λ is clamped into them after every update.
-        parameterization: ``"identity"`` steps λ itself; ``"log"`` steps u = log λ
-            (λ = eᵘ, so the step is multiplicative; needs low > 0).
+        parameterization: the value the paper's hyper step (:class:`PaperStep`) moves:
+            ``"identity"`` λ itself; ``"log"`` u = log λ (λ = eᵘ, so the step is
+            multiplicative; needs low > 0); ``"logit"`` u = log(λ/(1 − λ)) (bounds in [0, 1]).
     """
 
     def __init__(
@@ -69,6 +70,8 @@ class Hyperparameter(nn.Module):
             raise ValueError(f"bounds={bounds!r} must satisfy low < high")
         if parameterization == "log" and low <= 0:
             raise ValueError(f"parameterization='log' needs bounds with low > 0, got {bounds!r}")
+        if parameterization == "logit" and not (low >= 0 and high <= 1):
+            raise ValueError(f"parameterization='logit' needs bounds inside [0, 1], got {bounds!r}")
         if not low <= float(init) <= high:
             raise ValueError(f"init={init!r} is outside bounds={bounds!r}")
         self.bounds = (low, high)
@@ -78,6 +81,12 @@ class Hyperparameter(nn.Module):
 
     def forward(self) -> Tensor:
         return self.value
+
+    @property
+    def natural_space(self) -> Parameterization:
+        """The parameterization the adaptive hyper step (:class:`AdaptiveStep`) moves: the
+        declared one here; log for penalties and weight decay, logit for keep probabilities."""
+        return self.parameterization
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         # λ follows the module's device but keeps float64 under .half()/.float()/bf16-true:
@@ -167,6 +176,10 @@ class L2Penalty(Hyperparameter):
             self.calls.append(call)
         return out
 
+    @property
+    def natural_space(self) -> Parameterization:
+        return "log"  # a coefficient's scale: steps multiply it
+
     def record_calls(self, enabled: bool) -> None:
         """Start (a tuner is attached) or stop recording the calls of training losses."""
         self.calls = [] if enabled else None
@@ -212,3 +225,7 @@ class WeightDecay(Hyperparameter):
         self.init_from_optimizer = init is None
 
     drift_source: DriftSource = "optimizer"
+
+    @property
+    def natural_space(self) -> Parameterization:
+        return "log"

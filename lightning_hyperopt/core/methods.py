@@ -53,9 +53,27 @@ class HyperMethod:
         """
         return list(tangent), global_norm(tangent, batch_dim), None
 
+    #: the paper rule's step when the method is given none: c (α_t = c·η_t), or FirstOrder's α
+    default_hyper_step: float = 0.1
+    #: whether α_t follows the learning rate (c·η_t) or is a constant (FirstOrder's α)
+    hyper_step_follows_lr: bool = True
+    #: the argument that holds the paper rule's step (None: not given)
+    _hyper_step_arg = "hyper_lr_scale"
+
+    def _set_hyper_step(self, value: float | None) -> None:
+        name = self._hyper_step_arg
+        setattr(self, name, None if value is None else _check_scale(name, value))
+
+    @property
+    def hyper_step_given(self) -> bool:
+        """Whether the paper rule's step was set (then the callback uses that rule)."""
+        return getattr(self, self._hyper_step_arg, None) is not None
+
     def hyper_step(self, lr: float) -> float:
-        """The hyper step α_t given the parameter learning rate η_t."""
-        raise NotImplementedError
+        """The paper rule's hyper step α_t given the parameter learning rate η_t."""
+        value = getattr(self, self._hyper_step_arg, None)
+        value = self.default_hyper_step if value is None else value
+        return value * lr if self.hyper_step_follows_lr else value
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -71,25 +89,23 @@ class Clip(HyperMethod):
 
     Args:
         radius: r > 0.
-        hyper_lr_scale: c, the hyper step relative to the parameter learning rate.
+        hyper_lr_scale: c, the paper rule's hyper step relative to the parameter learning
+            rate (0.1 when not given; giving it selects that rule, see :class:`PaperStep`).
     """
 
-    def __init__(self, radius: float = 5.0, hyper_lr_scale: float = 0.1) -> None:
+    def __init__(self, radius: float = 5.0, hyper_lr_scale: float | None = None) -> None:
         radius = float(radius)
         if not (radius > 0 and math.isfinite(radius)):
             raise ValueError(
                 f"radius={radius!r} must be a finite number > 0 (use Exact() for r = ∞)"
             )
         self.radius = radius
-        self.hyper_lr_scale = _check_scale("hyper_lr_scale", hyper_lr_scale)
+        self._set_hyper_step(hyper_lr_scale)
 
     def project(
         self, tangent: Sequence[Tensor], batch_dim: int | None = None
     ) -> tuple[Tangent, Tensor, Tensor | None]:
         return project_l2_ball(tangent, self.radius, batch_dim)
-
-    def hyper_step(self, lr: float) -> float:
-        return self.hyper_lr_scale * lr
 
 
 class Exact(HyperMethod):
@@ -97,14 +113,12 @@ class Exact(HyperMethod):
     λ ← λ − c·η·⟨g_V, y⟩ at every step. y is the exact forward-mode derivative dθ_t/dλ.
 
     Args:
-        hyper_lr_scale: c, the hyper step relative to the parameter learning rate.
+        hyper_lr_scale: c, the paper rule's hyper step relative to the parameter learning
+            rate (0.1 when not given; giving it selects that rule, see :class:`PaperStep`).
     """
 
-    def __init__(self, hyper_lr_scale: float = 0.1) -> None:
-        self.hyper_lr_scale = _check_scale("hyper_lr_scale", hyper_lr_scale)
-
-    def hyper_step(self, lr: float) -> float:
-        return self.hyper_lr_scale * lr
+    def __init__(self, hyper_lr_scale: float | None = None) -> None:
+        self._set_hyper_step(hyper_lr_scale)
 
 
 class Unroll(HyperMethod):
@@ -115,23 +129,21 @@ class Unroll(HyperMethod):
 
     Args:
         steps: K ≥ 1.
-        hyper_lr_scale: c, the hyper step relative to the parameter learning rate.
+        hyper_lr_scale: c, the paper rule's hyper step relative to the parameter learning
+            rate (0.1 when not given; giving it selects that rule, see :class:`PaperStep`).
     """
 
-    def __init__(self, steps: int = 1, hyper_lr_scale: float = 0.1) -> None:
+    def __init__(self, steps: int = 1, hyper_lr_scale: float | None = None) -> None:
         if isinstance(steps, bool) or int(steps) != steps or steps < 1:
             raise ValueError(f"steps={steps!r} must be an integer K >= 1")
         self.steps = int(steps)
-        self.hyper_lr_scale = _check_scale("hyper_lr_scale", hyper_lr_scale)
+        self._set_hyper_step(hyper_lr_scale)
 
     def resets_at(self, step: int) -> bool:
         return step % self.steps == 0
 
     def updates_at(self, step: int) -> bool:
         return step % self.steps == self.steps - 1
-
-    def hyper_step(self, lr: float) -> float:
-        return self.hyper_lr_scale * lr
 
 
 class FirstOrder(HyperMethod):
@@ -144,19 +156,20 @@ class FirstOrder(HyperMethod):
     preconditioning, and θ for a decoupled (AdamW) weight decay.
 
     Args:
-        hyper_lr: α, the constant hyper step.
+        hyper_lr: α, the paper rule's constant hyper step (1e-3 when not given; giving it
+            selects that rule, see :class:`PaperStep`).
     """
 
     uses_tangent = False
+    default_hyper_step = 1e-3
+    hyper_step_follows_lr = False
+    _hyper_step_arg = "hyper_lr"
 
-    def __init__(self, hyper_lr: float = 1e-3) -> None:
-        self.hyper_lr = _check_scale("hyper_lr", hyper_lr)
+    def __init__(self, hyper_lr: float | None = None) -> None:
+        self._set_hyper_step(hyper_lr)
 
     def resets_at(self, step: int) -> bool:
         return True  # no tangent is carried from one step to the next
-
-    def hyper_step(self, lr: float) -> float:
-        return self.hyper_lr
 
 
 METHODS: dict[str, type[HyperMethod]] = {

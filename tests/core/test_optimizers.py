@@ -64,8 +64,9 @@ def train(
     else:
         hyper = Hyperparameter(lam)
     schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10, gamma=0.5)
-    engine = TangentEngine(Exact(), {"lam": hyper}, optimizer, 10**9, gradient_clipping=clip)
-    engine.sync_free = sync_free
+    engine = TangentEngine(
+        Exact(), {"lam": hyper}, optimizer, 10**9, gradient_clipping=clip, sync_free=sync_free
+    )
     x, y = data()
     for t in range(steps):
         optimizer.zero_grad()

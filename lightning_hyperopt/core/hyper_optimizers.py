@@ -1,0 +1,181 @@
+"""How λ moves once its hypergradient h = dL_V/dλ is known: the hyper step.
+
+Every rule steps a parameterized value u = φ(λ), one row per hyperparameter, and maps it back:
+
+    identity  u = λ                    dλ/du = 1
+    log       u = log λ                dλ/du = λ
+    logit     u = log(λ / (1 − λ))     dλ/du = λ (1 − λ)
+
+with the gradient g_u = h · dλ/du; the result is clamped into each λ's bounds. The rules:
+
+    PaperStep      u ← u − α_t g_u,                   α_t from the method (c·η_t, or FirstOrder's α)
+    AdaptiveStep   u ← u − clip(ρ m̂ / (√v̂ + ε), ±δ)    m, v: Adam's moments of g_u
+
+The paper's rule needs its step c tuned per task (g_V, y and η set the scale of α_t g_u). The
+adaptive rule is scale-free: multiplying h by any constant leaves its steps unchanged, so one
+ρ (the typical move of u per update) serves every task, and δ caps a single move.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from lightning_hyperopt.core.functional import from_space, space_slope, to_space
+
+__all__ = [
+    "AdaptiveStep",
+    "HyperOptimizer",
+    "PaperStep",
+    "from_space",
+    "resolve_hyper_optimizer",
+    "space_slope",
+    "to_space",
+]
+
+Space = Literal["identity", "log", "logit"]
+HyperOptimizerName = Literal["paper", "adaptive"]
+
+
+class HyperOptimizer:
+    """Base class of the hyper steps: ``step`` takes u, g_u (one row per hyperparameter), the
+    method's α_t and a mask of the rows to update, and returns the new u. State is plain
+    tensors and numbers (checkpointed with the engine)."""
+
+    #: the parameterization each hyperparameter is stepped in: its own (``"declared"``), or
+    #: the natural one of its kind (log for penalties and weight decay, logit for keep
+    #: probabilities; see :meth:`Hyperparameter.natural_space`)
+    space: Literal["declared", "natural"] = "declared"
+
+    def step(self, u: Tensor, grad: Tensor, alpha: float, rows: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class PaperStep(HyperOptimizer):
+    """The paper's rule: u ← u − α_t g_u, with α_t = c·η_t (``Clip``, ``Exact``, ``Unroll``:
+    their ``hyper_lr_scale`` c) or FirstOrder's constant ``hyper_lr``, in each hyperparameter's
+    declared parameterization (identity: λ ← λ − α_t h; log: λ ← λ·exp(−α_t λ h))."""
+
+    def step(self, u: Tensor, grad: Tensor, alpha: float, rows: Tensor) -> Tensor:
+        return u - alpha * grad
+
+
+class AdaptiveStep(HyperOptimizer):
+    """An Adam-normalized step on u, capped:
+
+        m ← β₁ m + (1 − β₁) g_u,   v ← β₂ v + (1 − β₂) g_u²,   (bias-corrected m̂, v̂)
+        u ← u − clip(ρ m̂ / (√v̂ + ε), −δ, δ)
+
+    in each hyperparameter's natural space (log λ for L2 penalties and weight decay, logit for
+    keep probabilities). Scale-free in h (so in g_V, y and η): ρ is the typical move of u per
+    update (ρ = 0.01 in log space: 1% of λ), whatever the task; when h's sign is noisy, m̂/√v̂
+    and the steps shrink by themselves. The method's α_t is not used.
+
+    Args:
+        lr: ρ, the step in u per update for a steady hypergradient.
+        betas: (β₁, β₂), the decay of the moments.
+        max_step: δ, the largest move of u in one update.
+        eps: ε, relative to nothing: keep it far below any |g_u| (float64 λ).
+    """
+
+    space = "natural"
+
+    def __init__(
+        self,
+        lr: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        max_step: float = 0.1,
+        eps: float = 1e-30,
+    ) -> None:
+        self.lr = _positive("lr", lr)
+        self.max_step = _positive("max_step", max_step)
+        beta1, beta2 = (float(b) for b in betas)
+        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+            raise ValueError(f"betas={betas!r} must both be in [0, 1)")
+        self.betas = (beta1, beta2)
+        self.eps = float(eps)
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise ValueError(f"eps={eps!r} must be a finite number > 0")
+        self._m: Tensor | None = None
+        self._v: Tensor | None = None
+        self._count: Tensor | None = None
+
+    def step(self, u: Tensor, grad: Tensor, alpha: float, rows: Tensor) -> Tensor:
+        beta1, beta2 = self.betas
+        if self._m is None or self._v is None or self._count is None:
+            self._m, self._v = torch.zeros_like(u), torch.zeros_like(u)
+            self._count = torch.zeros_like(u)
+        elif self._m.device != u.device:  # restored from a checkpoint loaded on the CPU
+            self._m, self._v, self._count = (t.to(u) for t in (self._m, self._v, self._count))
+        g = torch.where(rows, grad, 0.0)  # a skipped row leaves its moments alone
+        m = torch.where(rows, beta1 * self._m + (1.0 - beta1) * g, self._m)
+        v = torch.where(rows, beta2 * self._v + (1.0 - beta2) * g * g, self._v)
+        count = self._count + rows.to(u.dtype)
+        self._m, self._v, self._count = m, v, count
+        safe = count.clamp_min(1.0)
+        m_hat = m / (1.0 - beta1**safe)
+        v_hat = v / (1.0 - beta2**safe)
+        move = (self.lr * m_hat / (v_hat.sqrt() + self.eps)).clamp(-self.max_step, self.max_step)
+        return u - torch.where(rows, move, 0.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "m": None if self._m is None else self._m.clone(),
+            "v": None if self._v is None else self._v.clone(),
+            "count": None if self._count is None else self._count.clone(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._m, self._v, self._count = state.get("m"), state.get("v"), state.get("count")
+
+
+HYPER_OPTIMIZERS: dict[str, type[HyperOptimizer]] = {
+    "paper": PaperStep,
+    "adaptive": AdaptiveStep,
+}
+
+
+def resolve_hyper_optimizer(
+    hyper_optimizer: HyperOptimizer | str | None, method: Any
+) -> HyperOptimizer:
+    """An instance from an instance, a name (``"paper"``, ``"adaptive"``), or ``None``: the
+    paper's rule when the method was given its hyper step (``hyper_lr_scale`` / ``hyper_lr``),
+    the adaptive rule otherwise."""
+    if isinstance(hyper_optimizer, HyperOptimizer):
+        return hyper_optimizer
+    if hyper_optimizer is None:
+        return PaperStep() if getattr(method, "hyper_step_given", False) else AdaptiveStep()
+    if isinstance(hyper_optimizer, str) and hyper_optimizer in HYPER_OPTIMIZERS:
+        return HYPER_OPTIMIZERS[hyper_optimizer]()
+    raise ValueError(
+        f"hyper_optimizer={hyper_optimizer!r} is not supported; accepted values: "
+        f"{sorted(HYPER_OPTIMIZERS)}, an instance of PaperStep or AdaptiveStep, or None"
+    )
+
+
+def space_masks(spaces: Sequence[Space], device: torch.device) -> tuple[Tensor, Tensor]:
+    """(log rows, logit rows) as boolean vectors."""
+    log = torch.tensor([s == "log" for s in spaces], device=device)
+    logit = torch.tensor([s == "logit" for s in spaces], device=device)
+    return log, logit
+
+
+def _positive(name: str, value: float) -> float:
+    value = float(value)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name}={value!r} must be a finite number > 0")
+    return value

@@ -1,0 +1,156 @@
+"""The hyper steps: the paper's rule and the adaptive, scale-free one (float64, closed forms)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_hyperopt.core import (
+    AdaptiveStep,
+    Clip,
+    Exact,
+    FirstOrder,
+    Hyperparameter,
+    L2Penalty,
+    PaperStep,
+    TangentEngine,
+    Unroll,
+)
+from lightning_hyperopt.core.dropout import KeepProbability
+from lightning_hyperopt.core.functional import from_space, space_slope, to_space
+from lightning_hyperopt.core.hyper_optimizers import resolve_hyper_optimizer
+
+f64 = torch.float64
+
+
+def train(hyper_optimizer, val_scale=1.0, steps=12, hyper_every=1, lam=0.05, method=None):
+    """A linear regression with an L2 penalty; returns λ after every step and the engine."""
+    g = torch.Generator().manual_seed(1)
+    w = nn.Parameter(torch.randn(6, generator=g, dtype=f64))
+    x, xv = torch.randn(12, 6, generator=g, dtype=f64), torch.randn(40, 6, generator=g, dtype=f64)
+    truth = torch.randn(6, generator=g, dtype=f64)
+    y = x @ truth + torch.randn(12, generator=g, dtype=f64)
+    l2 = L2Penalty(lam)
+    opt = torch.optim.SGD([w], lr=0.05)
+    engine = TangentEngine(
+        method or Exact(), {"l2": l2}, opt, hyper_optimizer=hyper_optimizer, hyper_every=hyper_every
+    )
+    trajectory = []
+    for _ in range(steps):
+        opt.zero_grad()
+        engine.backward(((x @ w - y) ** 2).mean() + l2([w]))
+        engine.advance()
+        opt.step()
+        engine.update(lambda: val_scale * ((xv @ w - xv @ truth) ** 2).mean())
+        trajectory.append(float(l2.value))
+    return trajectory, engine
+
+
+def test_spaces_round_trip_and_slopes():
+    values = torch.tensor([0.3, 0.3, 0.3, 2.0], dtype=f64)
+    log = torch.tensor([False, True, False, True])
+    logit = torch.tensor([False, False, True, False])
+    u = to_space(values, log, logit)
+    torch.testing.assert_close(u[1], torch.log(values[1]))
+    torch.testing.assert_close(u[2], torch.log(values[2] / (1 - values[2])))
+    torch.testing.assert_close(from_space(u, log, logit), values, rtol=1e-15, atol=0)
+    eps = 1e-7
+    fd = (from_space(u + eps, log, logit) - from_space(u - eps, log, logit)) / (2 * eps)
+    torch.testing.assert_close(space_slope(values, log, logit), fd, rtol=1e-8, atol=0)
+
+
+def test_adaptive_step_is_scale_free_and_the_paper_rule_is_not():
+    """Multiplying L_V (so h) by 1000 leaves the adaptive trajectory as it was; the paper's
+    rule moves 1000 times as far."""
+    base, _ = train(AdaptiveStep(lr=0.05))
+    scaled, _ = train(AdaptiveStep(lr=0.05), val_scale=1000.0)
+    torch.testing.assert_close(torch.tensor(scaled), torch.tensor(base), rtol=1e-12, atol=0)
+    assert len(set(base)) == len(base)  # it moves at every step
+    paper, _ = train(PaperStep(), lam=0.05, method=Exact(1e-3))
+    paper_scaled, _ = train(PaperStep(), val_scale=1000.0, method=Exact(1e-3))
+    assert abs(paper_scaled[0] - 0.05) > 100 * abs(paper[0] - 0.05)
+
+
+def test_adaptive_first_step_moves_log_lambda_by_lr():
+    """On the first update m̂/√v̂ = sign(g_u): log λ moves by exactly ρ against h."""
+    trajectory, engine = train(AdaptiveStep(lr=0.03), steps=1)
+    h = float(engine.hypergradients[0])
+    assert math.log(trajectory[0]) == pytest.approx(math.log(0.05) - 0.03 * math.copysign(1, h))
+
+
+def test_max_step_caps_a_move():
+    trajectory, engine = train(AdaptiveStep(lr=0.5, max_step=0.02), steps=3)
+    moves = [abs(math.log(b) - math.log(a)) for a, b in zip([0.05, *trajectory], trajectory)]
+    assert max(moves) == pytest.approx(0.02, rel=1e-12)
+
+
+def test_keep_probability_moves_in_logit_space():
+    keep = KeepProbability(0.5)
+    w = nn.Parameter(torch.ones(3, dtype=f64))
+    engine = TangentEngine(
+        Exact(), {"keep": keep}, torch.optim.SGD([w], lr=0.1), hyper_optimizer=AdaptiveStep(0.1)
+    )
+    values = torch.tensor([0.5], dtype=f64)
+    u = engine.hyper_optimizer.step(
+        to_space(values, *engine._spaces), torch.tensor([2.0], dtype=f64), 0.0, torch.tensor([True])
+    )
+    assert engine._spaces[1].tolist() == [True]  # logit
+    assert float(from_space(u, *engine._spaces)) == pytest.approx(1 / (1 + math.exp(0.1)))
+
+
+def test_a_skipped_row_leaves_the_moments_and_lambda_alone():
+    step = AdaptiveStep(lr=0.1)
+    u = torch.tensor([0.0, 0.0], dtype=f64)
+    out = step.step(u, torch.tensor([1.0, math.nan], dtype=f64), 0.0, torch.tensor([True, False]))
+    assert out.tolist() == pytest.approx([-0.1, 0.0])
+    state = step.state_dict()
+    assert state["m"][1] == 0 and state["v"][1] == 0 and state["count"].tolist() == [1.0, 0.0]
+
+
+def test_none_picks_the_paper_rule_when_the_method_has_its_step():
+    assert isinstance(resolve_hyper_optimizer(None, Clip(5.0, 0.1)), PaperStep)
+    assert isinstance(resolve_hyper_optimizer(None, FirstOrder(hyper_lr=1e-4)), PaperStep)
+    assert isinstance(resolve_hyper_optimizer(None, Clip(5.0)), AdaptiveStep)
+    assert isinstance(resolve_hyper_optimizer(None, Unroll(5)), AdaptiveStep)
+    assert isinstance(resolve_hyper_optimizer("paper", Clip()), PaperStep)
+    with pytest.raises(ValueError, match=r"hyper_optimizer='adam' is not supported.*adaptive"):
+        resolve_hyper_optimizer("adam", Clip())
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: AdaptiveStep(lr=0.0), r"lr=0.0 must be a finite number > 0"),
+        (lambda: AdaptiveStep(max_step=-1.0), r"max_step=-1.0 must be"),
+        (lambda: AdaptiveStep(betas=(1.0, 0.9)), r"betas=\(1.0, 0.9\) must both be in \[0, 1\)"),
+        (lambda: Hyperparameter(0.5, bounds=(0.0, 2.0), parameterization="logit"), r"inside"),
+    ],
+)
+def test_bad_arguments(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_hyper_every_updates_on_every_kth_step_with_a_k_times_step():
+    every2, engine = train(PaperStep(), method=Exact(1e-3), steps=6, hyper_every=2)
+    assert engine.updates == 3
+    assert every2[0] == 0.05 and every2[1] != 0.05 and every2[2] == every2[1]
+    # the first move (after step 1) is twice the paper step c·η·h of its hypergradient
+    _, first = train(PaperStep(), method=Exact(1e-3), steps=2, hyper_every=2)
+    h = float(first.hypergradients[0])
+    assert every2[1] == pytest.approx(0.05 - 2 * 1e-3 * 0.05 * h, rel=1e-12)
+    with pytest.raises(ValueError, match=r"hyper_every=0 must be an integer >= 1"):
+        train(PaperStep(), hyper_every=0)
+
+
+def test_adaptive_state_survives_a_checkpoint():
+    _, engine = train(AdaptiveStep(lr=0.05), steps=5)
+    state = engine.state_dict()
+    _, fresh = train(AdaptiveStep(lr=0.05), steps=0)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(
+        fresh.hyper_optimizer.state_dict()["m"], engine.hyper_optimizer.state_dict()["m"]
+    )
