@@ -82,7 +82,7 @@ def test_adaptive_first_step_moves_log_lambda_by_lr():
 
 
 def test_max_step_caps_a_move():
-    trajectory, engine = train(AdaptiveStep(lr=0.5, max_step=0.02), steps=3)
+    trajectory, _ = train(AdaptiveStep(lr=0.5, max_step=0.02), steps=3)
     moves = [abs(math.log(b) - math.log(a)) for a, b in zip([0.05, *trajectory], trajectory)]
     assert max(moves) == pytest.approx(0.02, rel=1e-12)
 
