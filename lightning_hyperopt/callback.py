@@ -37,16 +37,23 @@ def find_hyperparameters(module: torch.nn.Module) -> dict[str, Hyperparameter]:
 
 
 @contextlib.contextmanager
-def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
-    """Eval behaviour (dropout off, batch-norm running statistics), restoring each flag."""
+def _eval_mode(module: torch.nn.Module, plain: bool = False) -> Iterator[None]:
+    """Eval behaviour (dropout off, batch-norm running statistics), restoring each flag.
+
+    ``plain``: no module in the tree overrides ``train()``, so the flags are set directly
+    (``nn.Module.__setattr__``'s bookkeeping costs more than the flag)."""
     modes = [(m, m.training) for m in module.modules()]
-    module.eval()
+    if plain:
+        for m, _ in modes:
+            object.__setattr__(m, "training", False)
+    else:
+        module.eval()
     try:
         yield
     finally:
         for m, training in modes:
             if m.training is not training:
-                object.__setattr__(m, "training", training)  # a flag: no module bookkeeping
+                object.__setattr__(m, "training", training)
 
 
 @contextlib.contextmanager
@@ -204,6 +211,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         self._logged = False
         self._val_loader: Any = None
         self._transfer_hooks = True  # call Lightning's batch-transfer hooks for g_V's batches
+        self._plain_train = False  # no module overrides train(): eval flags set directly
         self._val_iter: Iterator[Any] | None = None
         self._val_pass = 0
         self._val_index = 0
@@ -320,6 +328,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
             self._restored = None
         self._val_iter = None
         self._transfer_hooks = _overrides_transfer_hooks(trainer, pl_module)
+        self._plain_train = all(type(m).train is torch.nn.Module.train for m in pl_module.modules())
         self._stash.clear()
         self._warned_nonfinite = False
         self._logged = False
@@ -613,7 +622,11 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
             batch = move_data_to_device(batch, pl_module.device)
         # cuDNN's RNN has no backward in eval mode: g_V of an RNN runs on the native kernels
         kernels = _native_rnn_kernels() if self._native_rnn else contextlib.nullcontext()
-        with _eval_mode(pl_module), kernels, trainer.precision_plugin.forward_context():
+        with (
+            _eval_mode(pl_module, self._plain_train),
+            kernels,
+            trainer.precision_plugin.forward_context(),
+        ):
             return pl_module.validation_loss(batch)
 
     # ---------------------------------------------------------------------------- checkpoint

@@ -580,10 +580,10 @@ class TangentEngine:
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         g_val = self.layout.flatten(grads).to(self.tangent.dtype)
         if self.method.uses_tangent:
-            hypergradient = self.tangent @ g_val
+            hypergradient = torch.mv(self.tangent, g_val)
         else:
             direction = self.direction if self.direction is not None else self.tangent
-            hypergradient = -(direction @ g_val)
+            hypergradient = torch.mv(direction, g_val).neg_()
         if self.reduce is not None:
             hypergradient = self.reduce(hypergradient)
         self.hypergradients = hypergradient.detach()
@@ -591,20 +591,21 @@ class TangentEngine:
         with torch.no_grad():
             values = torch.stack([h.value for h in self.hypers])
             log, logit = self._spaces
-            h = hypergradient.to(values.dtype)
-            grad = h * space_slope(values, log, logit)
+            grad = hypergradient.to(values.dtype)
+            if log is not False or logit is not False:  # identity: dλ/du = 1
+                grad = grad * space_slope(values, log, logit)
             rows = torch.isfinite(grad) & step_ok
             alpha = self.method.hyper_step(self.lr) * self.hyper_every
             u = self.hyper_optimizer.step(to_space(values, log, logit), grad, alpha, rows)
             new = torch.minimum(torch.maximum(from_space(u, log, logit), self._low), self._high)
-            good = torch.isfinite(new)  # a non-finite h, or an overflowing step
-            torch._foreach_copy_(
-                [hp.value for hp in self.hypers], list(torch.where(good & rows, new, values))
-            )
-            # a non-finite hypergradient after a good step: y_j starts again from 0, counted
-            bad = ~(good & rows) & step_ok
-            self.tangent = self._select(~bad, step_ok, self.tangent, self.tangent)
-            self._counts.add_rows(bad)
+            good = torch.isfinite(new) & rows  # not: a non-finite h, or an overflowing step
+            if self.sync_free or not bool(good.all()):
+                new = torch.where(good, new, values)
+                # a non-finite hypergradient after a good step: y_j starts again from 0
+                bad = ~good & step_ok
+                self.tangent = self._select(~bad, step_ok, self.tangent, self.tangent)
+                self._counts.add_rows(bad)
+            torch._foreach_copy_([hp.value for hp in self.hypers], list(new.unbind()))
         self.updates += 1
         self.sync_weight_decay()
         return True

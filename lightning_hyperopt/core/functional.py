@@ -5,7 +5,7 @@ A tangent ``y = dθ/dλ`` is a list of tensors shaped like the parameters θ it 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -277,27 +277,45 @@ def clip_value_tangent(grad_tangent: Tensor, grad: Tensor, clip_value: float) ->
 _EDGE = 1e-12
 
 
-def to_space(values: Tensor, log: Tensor | bool, logit: Tensor | bool) -> Tensor:
+Mask = Tensor | bool
+
+
+def _where(mask: Mask, a: Callable[[], Tensor], b: Callable[[], Tensor]) -> Tensor:
+    """``a()`` where ``mask``, ``b()`` elsewhere; a Python bool computes one branch only."""
+    if isinstance(mask, bool):
+        return a() if mask else b()
+    return torch.where(mask, a(), b())
+
+
+def to_space(values: Tensor, log: Mask, logit: Mask) -> Tensor:
     """u = φ(λ) entry by entry: log λ where ``log``, log(λ/(1 − λ)) where ``logit``, λ
     elsewhere (masks broadcasting against ``values``, or booleans). Edges map to ±27.6."""
-    log, logit = (torch.as_tensor(x, device=values.device) for x in (log, logit))
-    inside = values.clamp(_EDGE, 1.0 - _EDGE)
-    u_log = torch.log(values.clamp_min(_EDGE))
-    u_logit = torch.log(inside) - torch.log1p(-inside)
-    return torch.where(log, u_log, torch.where(logit, u_logit, values))
+
+    def logit_of() -> Tensor:
+        inside = values.clamp(_EDGE, 1.0 - _EDGE)
+        return torch.log(inside) - torch.log1p(-inside)
+
+    return _where(
+        log,
+        lambda: torch.log(values.clamp_min(_EDGE)),
+        lambda: _where(logit, logit_of, lambda: values),
+    )
 
 
-def from_space(u: Tensor, log: Tensor | bool, logit: Tensor | bool) -> Tensor:
+def from_space(u: Tensor, log: Mask, logit: Mask) -> Tensor:
     """λ = φ⁻¹(u), the inverse of :func:`to_space`."""
-    log, logit = (torch.as_tensor(x, device=u.device) for x in (log, logit))
-    return torch.where(log, torch.exp(u), torch.where(logit, torch.sigmoid(u), u))
+    return _where(
+        log, lambda: torch.exp(u), lambda: _where(logit, lambda: torch.sigmoid(u), lambda: u)
+    )
 
 
-def space_slope(values: Tensor, log: Tensor | bool, logit: Tensor | bool) -> Tensor:
+def space_slope(values: Tensor, log: Mask, logit: Mask) -> Tensor:
     """dλ/du at λ: λ (log), λ(1 − λ) (logit), 1 (identity)."""
-    log, logit = (torch.as_tensor(x, device=values.device) for x in (log, logit))
-    ones = torch.ones_like(values)
-    return torch.where(log, values, torch.where(logit, values * (1.0 - values), ones))
+    return _where(
+        log,
+        lambda: values,
+        lambda: _where(logit, lambda: values * (1.0 - values), lambda: torch.ones_like(values)),
+    )
 
 
 def hyperparameter_step(

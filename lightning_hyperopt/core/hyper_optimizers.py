@@ -167,11 +167,17 @@ def resolve_hyper_optimizer(
     )
 
 
-def space_masks(spaces: Sequence[Space], device: torch.device) -> tuple[Tensor, Tensor]:
-    """(log rows, logit rows) as boolean vectors."""
-    log = torch.tensor([s == "log" for s in spaces], device=device)
-    logit = torch.tensor([s == "logit" for s in spaces], device=device)
-    return log, logit
+def space_masks(
+    spaces: Sequence[Space], device: torch.device
+) -> tuple[Tensor | bool, Tensor | bool]:
+    """(log rows, logit rows): a Python bool when every row agrees (one branch computed),
+    else boolean vectors."""
+
+    def mask(kind: str) -> Tensor | bool:
+        flags = [s == kind for s in spaces]
+        return flags[0] if len(set(flags)) == 1 else torch.tensor(flags, device=device)
+
+    return mask("log"), mask("logit")
 
 
 def _positive(name: str, value: float) -> float:
