@@ -16,7 +16,10 @@ OVERLAYS = {
     "exact.yaml": Exact,
     "unroll.yaml": Unroll,
     "first_order.yaml": FirstOrder,
+    "adaptive.yaml": Clip,
 }
+#: overlays that change the model, not the method
+MODEL_OVERLAYS = {"adamw.yaml"}
 
 
 @pytest.fixture
@@ -48,7 +51,7 @@ def run_cli(tmp_path, mnist_dir, *configs, extra=()):
 
 def test_every_mnist_overlay_is_tested():
     shipped = {p.name for p in CONFIGS.glob("*.yaml")} - {"base.yaml"}
-    assert shipped == set(OVERLAYS)
+    assert shipped == set(OVERLAYS) | MODEL_OVERLAYS
 
 
 @pytest.mark.parametrize("overlay, method", OVERLAYS.items())
@@ -106,3 +109,24 @@ def test_mlp_seed_fixes_the_initialization_and_leaves_the_global_rng():
     assert torch.equal(torch.get_rng_state(), state)
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q)
+
+
+def test_adamw_overlay_alone_keeps_its_weight_decay_and_tuned_moves_it(tmp_path, mnist_dir):
+    from lightning_hyperopt import AdaptiveStep
+
+    fixed = run_cli(tmp_path, mnist_dir, CONFIGS / "base.yaml", CONFIGS / "adamw.yaml")
+    assert type(fixed.trainer.optimizers[0]) is torch.optim.AdamW
+    assert float(fixed.model.wd.value) == 1e-2 and fixed.model.l2 is None
+    tuned = run_cli(
+        tmp_path,
+        mnist_dir,
+        CONFIGS / "base.yaml",
+        CONFIGS / "adamw.yaml",
+        CONFIGS / "adaptive.yaml",
+        extra=["--trainer.callbacks.init_args.warmup_steps=0"],
+    )
+    (cb,) = [c for c in tuned.trainer.callbacks if isinstance(c, OnlineHyperparamCallback)]
+    assert cb.engine.names == ["wd"] and isinstance(cb.hyper_optimizer, AdaptiveStep)
+    lam = float(tuned.model.wd.value)
+    assert lam != 1e-2 and tuned.trainer.optimizers[0].param_groups[0]["weight_decay"] == lam
+    assert tuned.trainer.optimizers[0].param_groups[1]["weight_decay"] == 0.0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lightning_hyperopt.core.dropout import KeepProbability, TunableDropout
-from lightning_hyperopt.core.hyperparameters import L2Penalty, Parameterization
+from lightning_hyperopt.core.hyperparameters import L2Penalty, Parameterization, WeightDecay
 
 #: the range a tuned keep probability stays in (KeepProbability's default bounds)
 KEEP_BOUNDS = (0.1, 1.0)
@@ -45,8 +46,13 @@ class MLP(pl.LightningModule):
     :class:`KeepProbability` ``self.keep`` (logged as ``hyperopt/keep``); dropout is active in
     training mode only.
 
+    With ``weight_decay``, the optimizer's weight decay on the weight matrices (param group 0;
+    biases are group 1, never decayed) is a :class:`WeightDecay` hyperparameter ``self.wd``
+    (coupled in SGD's gradient, decoupled in AdamW: θ ← θ(1 − ηλ)).
+
     Args:
-        l2: λ₀, the L2 coefficient (its value at the start of training).
+        l2: λ₀, the L2 coefficient (its value at the start of training); ``None``: no L2
+            penalty (e.g. with ``weight_decay``).
         in_features: input size (784 for flattened MNIST).
         hidden: sizes of the hidden layers.
         num_classes: output size.
@@ -63,11 +69,15 @@ class MLP(pl.LightningModule):
             same ``parameterization`` and ``min_l2``), instead of one for all.
         keep: λ₀ of the dropout keep probability after each hidden activation, in
             [0.1, 1] (the range it is tuned in); ``None``: no dropout.
+        optimizer: ``"sgd"`` (with ``momentum``) or ``"adamw"`` (torch's defaults besides
+            ``lr`` and the weight decay).
+        weight_decay: λ₀ of the optimizer's weight decay on the weight matrices, a
+            :class:`WeightDecay` hyperparameter; ``None``: no weight decay.
     """
 
     def __init__(
         self,
-        l2: float = 1e-3,
+        l2: float | None = 1e-3,
         in_features: int = 784,
         hidden: Sequence[int] = (100, 100, 100),
         num_classes: int = 10,
@@ -80,6 +90,8 @@ class MLP(pl.LightningModule):
         seed: int | None = None,
         per_layer_l2: bool = False,
         keep: float | None = None,
+        optimizer: Literal["sgd", "adamw"] = "sgd",
+        weight_decay: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -105,6 +117,11 @@ class MLP(pl.LightningModule):
                 f"keep={keep!r} must be None (no dropout) or a keep probability in "
                 f"[{KEEP_BOUNDS[0]}, {KEEP_BOUNDS[1]}]"
             )
+        if optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer={optimizer!r} is not supported; accepted: 'sgd', 'adamw'")
+        self.optimizer_name = optimizer
+        if l2 is None and per_layer_l2:
+            raise ValueError("per_layer_l2=True needs l2 (the coefficients' starting value)")
         if keep is not None and not hidden:
             raise ValueError("keep needs at least one hidden layer: dropout follows each of them")
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
@@ -115,9 +132,12 @@ class MLP(pl.LightningModule):
         def penalty() -> L2Penalty:
             return L2Penalty(l2, bounds=(min_l2, math.inf), parameterization=parameterization)
 
-        self.l2: L2Penalty | nn.ModuleList = (
-            nn.ModuleList(penalty() for _ in self.layers) if per_layer_l2 else penalty()
-        )
+        self.l2: L2Penalty | nn.ModuleList | None = None
+        if l2 is not None:
+            self.l2 = nn.ModuleList(penalty() for _ in self.layers) if per_layer_l2 else penalty()
+        self.wd: WeightDecay | None = None
+        if weight_decay is not None:
+            self.wd = WeightDecay(group=0, init=weight_decay)
         self.keep: KeepProbability | None = None
         self.dropout: nn.ModuleList | None = None
         if keep is not None:
@@ -142,8 +162,11 @@ class MLP(pl.LightningModule):
         x, y = batch
         return F.cross_entropy(self(x), y)
 
-    def penalty(self) -> Tensor:
-        """The L2 term: (λ/2) Σ_k ‖W_k‖², or Σ_k (λ_k/2) ‖W_k‖² with ``per_layer_l2``."""
+    def penalty(self) -> Tensor | float:
+        """The L2 term: (λ/2) Σ_k ‖W_k‖², or Σ_k (λ_k/2) ‖W_k‖² with ``per_layer_l2``; 0
+        without L2."""
+        if self.l2 is None:
+            return 0.0
         if isinstance(self.l2, L2Penalty):
             return self.l2(self.weights())
         return sum(l2([w]) for l2, w in zip(self.l2, self.weights(), strict=True))
@@ -171,7 +194,20 @@ class MLP(pl.LightningModule):
                 "MLP: set decay_steps or trainer.max_steps (the learning-rate decay horizon)"
             )
         gamma = (self.final_lr / self.lr) ** (1.0 / steps)
-        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum)
+        params: list | Any = self.parameters()
+        if self.wd is not None:  # decay the weight matrices only
+            biases = [layer.bias for layer in self.layers]
+            params = [
+                {"params": self.weights(), "weight_decay": float(self.wd.value)},
+                {"params": biases, "weight_decay": 0.0},
+            ]
+        if self.optimizer_name == "adamw":
+            # weight_decay=0 where not tuned: AdamW's own default (0.01) would apply silently
+            optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+                params, lr=self.lr, weight_decay=0.0
+            )
+        else:
+            optimizer = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
         return {
             "optimizer": optimizer,

@@ -119,3 +119,18 @@ def test_cli_tunes_every_hyperparameter(tmp_path):
     assert list(hparams) == ["l2.0", "l2.1", "l2.2", "l2.3", "keep"]
     assert all(float(model.l2[k].value) != 1e-3 for k in range(4))  # each λ_k moved
     assert float(model.keep.value) != 0.8
+
+
+def test_adamw_with_tuned_weight_decay_builds_two_groups():
+    from lightning_hyperopt import WeightDecay
+
+    model = MLP(l2=None, optimizer="adamw", weight_decay=0.02, lr=1e-3, decay_steps=10, seed=0)
+    assert model.l2 is None and isinstance(model.wd, WeightDecay)
+    opt = model.configure_optimizers()["optimizer"]
+    assert type(opt) is torch.optim.AdamW
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.02, 0.0]
+    assert opt.param_groups[0]["params"] == model.weights()
+    plain = MLP(l2=None, optimizer="adamw", lr=1e-3, decay_steps=10).configure_optimizers()
+    assert plain["optimizer"].param_groups[0]["weight_decay"] == 0.0  # not AdamW's 0.01
+    with pytest.raises(ValueError, match=r"optimizer='adam' is not supported"):
+        MLP(optimizer="adam")
