@@ -145,7 +145,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
     ``on_train_batch_start``, so they draw the training step's own uniforms as long as nothing
     between that hook and ``training_step`` draws random numbers.
 
-    Non-finite values never reach λ: a step whose training loss or gradient is not finite
+    Non-finite values never reach λ: a step whose training loss is not finite
     moves neither y nor λ and is counted (``hyperopt/<name>/nonfinite``); the first one is
     reported by a warning, and ``max_nonfinite_steps`` of them in a row stop the run with an
     error before a checkpoint of the broken weights is saved. Counts are read from the device
@@ -161,7 +161,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
             :class:`TunableDropout` layers (see :func:`adopt_dropout`) with one shared keep
             probability (``"shared"``) or one per module (``"per_module"``), starting at 1 − p;
             ``None`` leaves the model as it is.
-        max_nonfinite_steps: consecutive training steps with a non-finite loss or gradient
+        max_nonfinite_steps: consecutive training steps with a non-finite loss
             after which the run stops with an error.
         hyper_optimizer: the hyper step: ``AdaptiveStep(lr, max_step)`` (scale-free: one
             setting serves every task), ``PaperStep()`` (the paper's λ ← λ − c·η·h, with c the
@@ -202,6 +202,8 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         self._stash: list[tuple[Any, Tensor, Tensor | None]] = []
         self._pending: tuple[Any, Tensor, Tensor | None] | None = None
         self._replays = False  # finite-difference hyperparameters: stash batches and RNG
+        self._distributed = False  # DDP: the drift and the hypergradient are averaged
+        self._rank, self._world = 0, 1
         self._native_rnn = False
         self._saved_kernels: tuple[bool, bool] | None = None  # while a step runs natively
         self._patched = False  # LightningModule.backward is ours for this fit
@@ -222,11 +224,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         if stage != "fit":
             return
         ns = namespace_of(trainer)
-        if not isinstance(trainer.strategy, ns.strategies.SingleDeviceStrategy):
-            raise ValueError(
-                f"OnlineHyperparamCallback supports single-device training only "
-                f"(strategy='auto' on one device); got {type(trainer.strategy).__name__}"
-            )
+        self._distributed = check_strategy(trainer.strategy)
         if not pl_module.automatic_optimization:
             raise ValueError(
                 "OnlineHyperparamCallback needs automatic optimization; manual optimization "
@@ -297,6 +295,10 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
                     wd = float(optimizer.param_groups[h.group]["weight_decay"])
                     h.value.fill_(min(max(wd, h.bounds[0]), h.bounds[1]))
         optimized = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        strategy = trainer.strategy
+        self._rank, self._world = (
+            (trainer.global_rank, trainer.world_size) if self._distributed else (0, 1)
+        )
         self.engine = TangentEngine(
             self.method,
             hyperparameters,
@@ -305,6 +307,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
             gradient_clipping=self._gradient_clipping(trainer),
             hyper_optimizer=self.hyper_optimizer,
             hyper_every=self.hyper_every,
+            reduce=_mean_over(strategy) if self._distributed else None,
             extra_grad_targets=[
                 p for p in pl_module.parameters() if p.requires_grad and id(p) not in optimized
             ],
@@ -313,7 +316,8 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         self._replays = bool(self.engine.finite_difference_rows)
         self._module = pl_module
         self._val_loader = self._find_val_loader(trainer, pl_module)
-        self._val_seed = int(torch.initial_seed()) % (2**62)
+        # one seed for every process: their shares of the validation stream partition it
+        self._val_seed = int(strategy.broadcast(int(torch.initial_seed()) % (2**62)))
         self._val_pass, self._val_index = 0, 0
         if state is not None:
             try:
@@ -394,7 +398,9 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         overrides it): one back-prop of the step's loss gives ``p.grad`` and the graph H y
         needs."""
         ns = namespace_of(pl_module)
-        self._patched = type(pl_module).backward is ns.LightningModule.backward
+        # under DDP the module's own backward must run: it triggers the gradient all-reduce
+        own = type(pl_module).backward is ns.LightningModule.backward
+        self._patched = own and not self._distributed
         if not self._patched:
             return
         engine = self.engine
@@ -524,6 +530,8 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         if trainer._logger_connector.should_update_logs or not self._logged:
             self._logged = True
             self._check_nonfinite()
+            if self._distributed:
+                self._check_processes_agree(trainer)
             for name, value in engine.metrics().items():
                 prog_bar = self.prog_bar and name in engine.names
                 pl_module.log(
@@ -539,7 +547,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         if longest >= self.max_nonfinite_steps:
             raise RuntimeError(
                 f"OnlineHyperparamCallback: {longest} training steps in a row had a non-finite "
-                f"loss or gradient (max_nonfinite_steps={self.max_nonfinite_steps}); stopped at "
+                f"loss (max_nonfinite_steps={self.max_nonfinite_steps}); stopped at "
                 f"step {engine.step}. The model's weights are likely not finite any more: "
                 "resume from an earlier checkpoint with a smaller learning rate, or find where "
                 "the loss overflows"
@@ -553,6 +561,21 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
             )
         return now
 
+    def _check_processes_agree(self, trainer: Trainer) -> None:
+        """Under DDP every process must hold the same λ (max − min over processes: one
+        all-reduce, at the logging cadence)."""
+        engine = self.engine
+        assert engine is not None
+        values = torch.stack([h.value.detach() for h in engine.hypers])
+        both = trainer.strategy.reduce(torch.cat([values, -values]), reduce_op="max")
+        spread = both[: len(values)] + both[len(values) :]  # max − min, per hyperparameter
+        if bool((spread > 0).any()):
+            raise RuntimeError(
+                "OnlineHyperparamCallback: the hyperparameters differ between processes "
+                f"(largest spread {float(spread.max()):.3g} at step {engine.step}): every "
+                "process must run the same number of optimizer steps on the same model"
+            )
+
     def on_save_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
@@ -561,7 +584,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
             if now:
                 raise RuntimeError(
                     f"OnlineHyperparamCallback: the last {now} training step(s) had a "
-                    "non-finite loss or gradient; not saving a checkpoint of these weights"
+                    "non-finite loss; not saving a checkpoint of these weights"
                 )
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -580,7 +603,13 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
 
     # ------------------------------------------------------------------- validation batches
     def _next_val_batch(self) -> Any:
-        """The next batch of the endless validation iterator, reproducible across resumes."""
+        """The next batch of this process's share of the endless validation stream,
+        reproducible across resumes (``_val_pass`` and ``_val_index``, the batches of the pass
+        drawn so far, are checkpointed).
+
+        Under DDP the stream is dealt out in blocks of W batches (W processes): process r keeps
+        the r-th batch of each block and every process draws the whole block, so all of them
+        stay at the same position; a pass's last, incomplete block is dropped by all."""
         for _ in range(2):
             try:
                 if self._val_iter is None:
@@ -592,15 +621,19 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
                         self._val_iter = _private_iterator(self._val_loader)
                         for _ in range(self._val_index):
                             next(self._val_iter)
-                        batch = next(self._val_iter)
+                        block = [next(self._val_iter)]
                 else:
-                    batch = next(self._val_iter)
+                    block = [next(self._val_iter)]
+                block += [next(self._val_iter) for _ in range(self._world - 1)]
             except StopIteration:
                 self._val_iter, self._val_pass, self._val_index = None, self._val_pass + 1, 0
                 continue
-            self._val_index += 1
-            return batch
-        raise ValueError("the validation dataloader for OnlineHyperparamCallback is empty")
+            self._val_index += self._world
+            return block[self._rank]
+        raise ValueError(
+            "the validation dataloader for OnlineHyperparamCallback is empty"
+            + (f" or has fewer batches than the {self._world} processes" if self._world > 1 else "")
+        )
 
     def _validation_loss(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any = None
@@ -672,6 +705,30 @@ def _overrides_transfer_hooks(trainer: Trainer, pl_module: LightningModule) -> b
             if getattr(type(owner), name, None) is not getattr(base, name, None):
                 return True
     return False
+
+
+def check_strategy(strategy: Any) -> bool:
+    """Whether ``strategy`` is data-parallel (DDP); raises unless it is DDP or one device."""
+    ns = namespace_of(strategy)
+    kind = type(strategy)
+    if kind not in (ns.strategies.SingleDeviceStrategy, ns.strategies.DDPStrategy):
+        raise ValueError(
+            "OnlineHyperparamCallback supports one device and DDP (strategy='ddp', "
+            f"'ddp_spawn', 'ddp_find_unused_parameters_true'); got {kind.__name__}. "
+            "Strategies that shard the parameters (FSDP, DeepSpeed, model parallelism) "
+            "would need the tangents sharded the same way: not supported"
+        )
+    return kind is ns.strategies.DDPStrategy
+
+
+def _mean_over(strategy: Any) -> Callable[[Tensor], Tensor]:
+    """The mean of a tensor over the processes of a data-parallel ``strategy`` (one
+    all-reduce)."""
+
+    def mean(tensor: Tensor) -> Tensor:
+        return strategy.reduce(tensor, reduce_op="mean")
+
+    return mean
 
 
 def _count(name: str, value: int, low: int) -> int:

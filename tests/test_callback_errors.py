@@ -133,14 +133,6 @@ def test_manual_optimization():
     assert fit_raises(Manual("l2"), ValueError, "manual optimization") == 0
 
 
-def test_unsupported_strategy():
-    model = Steps("l2")
-    trainer = make_trainer([OnlineHyperparamCallback()], 5, strategy="ddp", devices=1)
-    with pytest.raises(ValueError, match=r"single-device training only.*DDPStrategy"):
-        trainer.fit(model, DataLoader(regression_data()[0]), DataLoader(regression_data()[1]))
-    assert Steps.steps == 0
-
-
 def test_weight_decay_group_out_of_range():
     model = Steps("none")
     model.wd = WeightDecay(group=3)

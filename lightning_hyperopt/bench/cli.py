@@ -194,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--kernels",
         action="store_true",
-        help="also time the replay's work alone: forward+backward and H·v with torch's "
-        "default kernels and with the native ones the callback replays on (oneDNN/cuDNN RNN "
+        help="also time the H·v work alone: forward+backward and H·v with torch's default "
+        "kernels and with the native ones the callback's H·v steps run on (oneDNN/cuDNN RNN "
         "kernels off)",
     )
     return parser

@@ -28,7 +28,7 @@ method with one λ).
 
 Kernels (``kernels=True``): the replay's work alone, outside the Trainer, on one training
 batch: forward+backward and H·v by double back-prop, with torch's default kernels (as the
-training step runs) and with the native ones the callback replays on (oneDNN's and cuDNN's
+training step runs) and with the native ones the callback's H·v steps run on (oneDNN's and cuDNN's
 RNN kernels off), each relative to a plain forward+backward with the default kernels.
 """
 
@@ -133,7 +133,7 @@ def kernel_ratios(
     """The replay's kernels on ``batch``, outside the Trainer: median seconds of a plain
     forward+backward of ``module.training_loss`` with torch's default kernels, as the training
     step runs (``"plain s"``), and each of forward+backward and H·v (double back-prop, a
-    random v) with the default kernels and with the native ones the callback replays on
+    random v) with the default kernels and with the native ones the callback's H·v steps run on
     (oneDNN's and cuDNN's RNN kernels off), relative to it. None where the kernels raise
     (cuDNN's RNN has no double backward)."""
     from lightning_hyperopt.callback import _native_rnn_kernels

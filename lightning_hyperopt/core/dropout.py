@@ -97,7 +97,9 @@ class KeepProbability(Hyperparameter):
 
     @property
     def natural_space(self) -> Parameterization:
-        return "logit"  # a probability: steps in log-odds
+        # steps in probability itself: log-odds would hold λ = 1 (no dropout, a usual start)
+        # at its edge, where a capped step could not move it
+        return "identity"
 
     def current(self) -> Tensor:
         """The λ in use: the perturbed λ₊ or λ₋ inside :meth:`perturbed`, else ``value``."""

@@ -97,7 +97,7 @@ class NonFiniteCounts:
         self.device = device
 
     def add_step(self, bad_step: Tensor, bad_rows: Tensor | None) -> None:
-        """One training step: ``bad_step`` (its loss or gradient was not finite) counts on
+        """One training step: ``bad_step`` (its loss was not finite) counts on
         every row, ``bad_rows`` (a non-finite tangent) on its own."""
         if self.on_host:
             bad = bool(bad_step)
@@ -163,9 +163,10 @@ class TangentEngine:
             :class:`~lightning_hyperopt.AdaptiveStep`, or their names ``"paper"``,
             ``"adaptive"``); ``None``: the paper's rule when ``method`` was given its step, the
             adaptive one otherwise.
-        hyper_every: k ≥ 1: g_V and the λ step on every k-th update point only (y still moves
-            every step); the paper rule's step is multiplied by k. A change of estimator that
-            saves k − 1 validation passes in k.
+        hyper_every: k ≥ 1: g_V and the λ step on every k-th update point only (the steps
+            after the warm-up at which the method updates: every step, or every K-th for
+            UnrollK); y still moves every step, and the paper rule's step is multiplied by k.
+            A change of estimator that saves k − 1 validation passes in k.
         sync_free: never read a device value on the host. ``None``: on for accelerators; off on
             the CPU, where reading a flag costs nothing and lets the common case (everything
             finite) skip the masking work. Both give the same results.
@@ -232,12 +233,21 @@ class TangentEngine:
         spaces = [h.natural_space if natural else h.parameterization for h in self.hypers]
         device = self.layout.device
         self._spaces = space_masks(spaces, device)
+        for name, h, space in zip(self.names, self.hypers, spaces):
+            value = float(h.value)
+            if space == "log" and not value > 0:
+                raise ValueError(
+                    f"{type(self.hyper_optimizer).__name__} moves {name!r} in log space, where "
+                    f"λ = {value:g} cannot move: start it at a positive value (e.g. 1e-4)"
+                )
         bounds = torch.tensor(
             [h.bounds for h in self.hypers], dtype=self.hypers[0].value.dtype, device=device
         )
         self._low, self._high = bounds[:, 0], bounds[:, 1]
         self.step = 0
         self.updates = 0
+        self.update_points = 0  # steps after the warm-up at which the method updates λ
+        self._counted_point = -1
         self.lr = float(optimizer.param_groups[0]["lr"])
         n, dtype, device = self.layout.numel, self.layout.dtype, self.layout.device
         self.tangent = torch.zeros(m, n, dtype=dtype, device=device)  # row j: y_j
@@ -458,6 +468,8 @@ class TangentEngine:
         # the loss's finiteness stands for the step's (a pass over every gradient would cost
         # as much as a tangent step); a non-finite gradient shows in y's norm or in the next loss
         finite = self._loss_ok
+        if self.reduce is not None:  # every process takes the same decision
+            finite = self.reduce(finite.to(drift.dtype)) == 1.0
         if step_skipped is None:
             step_ok, bad_step = finite, ~finite
         else:  # the grad scaler's skip is expected: not counted, but θ does not move
@@ -555,11 +567,14 @@ class TangentEngine:
     # -------------------------------------------------------------------- after optimizer.step
     def should_update(self) -> bool:
         """Whether λ moves after the step just taken (t = step − 1): after the warm-up, when
-        the method updates, and on every ``hyper_every``-th such step."""
+        the method updates (an update point), and on every ``hyper_every``-th update point."""
         t = self.step - 1
         if t < 0 or t < self.warmup_steps or not self.method.updates_at(t):
             return False
-        return (t - self.warmup_steps) % self.hyper_every == self.hyper_every - 1
+        if self._counted_point != t:  # count each update point once
+            self._counted_point = t
+            self.update_points += 1
+        return self.update_points % self.hyper_every == 0
 
     def update(self, validation_loss: Callable[[], Tensor]) -> bool:
         """λ_j moves against h_j = ⟨g_V(θ_{t+1}), y_j⟩ (first order: −⟨g_V, ḋ_j⟩) by the
@@ -646,6 +661,7 @@ class TangentEngine:
             "names": list(self.names),
             "step": self.step,
             "updates": self.updates,
+            "update_points": self.update_points,
             "lr": self.lr,
             "nonfinite": self.nonfinite,
             "tangent": self.tangent.detach().clone(),
@@ -676,6 +692,8 @@ class TangentEngine:
         like = self.tangent
         self.step = int(state["step"])
         self.updates = int(state["updates"])
+        self.update_points = int(state.get("update_points", self.updates))
+        self._counted_point = self.step - 1
         self.lr = float(state["lr"])
         self._counts.load([int(n) for n in state["nonfinite"]])
         self.tangent = tangent.to(like.device, like.dtype)

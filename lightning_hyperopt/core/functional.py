@@ -149,7 +149,7 @@ def tangent_drift(
         if d is None:
             raise ValueError(
                 f"the training loss does not depend on hyperparameter #{j}: use its value "
-                "(e.g. `self.l2(params)` or `self.my_hparam.value`) inside `training_loss`"
+                "(e.g. `self.my_hparam.value`) in the training loss"
             )
         hyper_grads[j] = d
     m = len(hyper_values)

@@ -47,8 +47,8 @@ class HyperOptimizer:
     tensors and numbers (checkpointed with the engine)."""
 
     #: the parameterization each hyperparameter is stepped in: its own (``"declared"``), or
-    #: the natural one of its kind (log for penalties and weight decay, logit for keep
-    #: probabilities; see :meth:`Hyperparameter.natural_space`)
+    #: the natural one of its kind (log for penalties and weight decay, the probability itself
+    #: for keep probabilities; see :meth:`Hyperparameter.natural_space`)
     space: Literal["declared", "natural"] = "declared"
 
     def step(self, u: Tensor, grad: Tensor, alpha: float, rows: Tensor) -> Tensor:
@@ -80,8 +80,9 @@ class AdaptiveStep(HyperOptimizer):
         m ← β₁ m + (1 − β₁) g_u,   v ← β₂ v + (1 − β₂) g_u²,   (bias-corrected m̂, v̂)
         u ← u − clip(ρ m̂ / (√v̂ + ε), −δ, δ)
 
-    in each hyperparameter's natural space (log λ for L2 penalties and weight decay, logit for
-    keep probabilities). Scale-free in h (so in g_V, y and η): ρ is the typical move of u per
+    in each hyperparameter's natural space (log λ for L2 penalties and weight decay, the
+    probability itself for keep probabilities: in log-odds, λ = 1 would sit at an edge a
+    capped step cannot leave). Scale-free in h (so in g_V, y and η): ρ is the typical move of u per
     update (ρ = 0.01 in log space: 1% of λ), whatever the task; when h's sign is noisy, m̂/√v̂
     and the steps shrink by themselves. The method's α_t is not used.
 

@@ -42,8 +42,9 @@ def not_recorded() -> Iterator[None]:
 class Hyperparameter(nn.Module):
     """A scalar λ that the training loss L_T(θ, λ) depends on differentiably.
 
-    Use ``self.my_hparam.value`` (or call ``self.my_hparam()``) inside the model's
-    ``training_loss``; the tuner differentiates through it to get ∂g_T/∂λ.
+    Use ``self.my_hparam.value`` (or call ``self.my_hparam()``) in the training loss that
+    ``training_step`` returns; the tuner differentiates through it to get ∂g_T/∂λ (through λ's
+    own part of the graph).
 
     Args:
         init: starting value λ₀, inside ``bounds``.
@@ -85,7 +86,8 @@ class Hyperparameter(nn.Module):
     @property
     def natural_space(self) -> Parameterization:
         """The parameterization the adaptive hyper step (:class:`AdaptiveStep`) moves: the
-        declared one here; log for penalties and weight decay, logit for keep probabilities."""
+        declared one here; log for penalties and weight decay, the probability itself for keep
+        probabilities."""
         return self.parameterization
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
@@ -199,11 +201,13 @@ class L2Penalty(Hyperparameter):
 
 
 class WeightDecay(Hyperparameter):
-    """The ``weight_decay`` of one ``torch.optim.SGD`` param group, tuned online.
+    """The ``weight_decay`` of one optimizer param group, tuned online; the loss is unchanged.
 
-    SGD adds wd·θ to the gradient of that group, so ∂g/∂λ = θ on the group and the Hessian
-    gains wd·I there; the loss is unchanged. The tuner writes λ back into
-    ``optimizer.param_groups[group]["weight_decay"]`` after every update.
+    SGD and Adam add wd·θ to the gradient of that group (coupled): ∂g/∂λ = θ there, and the
+    Hessian gains wd·I. AdamW decays the weights directly (decoupled): θ ← θ(1 − η·wd) before
+    its update, so ∂θ_{t+1}/∂λ gains −η·θ. The optimizer decides which rule applies; the
+    tuner writes λ back into ``optimizer.param_groups[group]["weight_decay"]`` after every
+    update.
 
     Args:
         group: index of the param group in the optimizer.

@@ -87,18 +87,29 @@ def test_max_step_caps_a_move():
     assert max(moves) == pytest.approx(0.02, rel=1e-12)
 
 
-def test_keep_probability_moves_in_logit_space():
-    keep = KeepProbability(0.5)
+@pytest.mark.parametrize("start", [0.5, 1.0])
+def test_keep_probability_moves_in_probability_space(start):
+    """A keep probability moves by ρ per update in λ itself, also from λ = 1 (no dropout),
+    which log-odds would hold at their edge."""
+    keep = KeepProbability(start)
     w = nn.Parameter(torch.ones(3, dtype=f64))
     engine = TangentEngine(
         Exact(), {"keep": keep}, torch.optim.SGD([w], lr=0.1), hyper_optimizer=AdaptiveStep(0.1)
     )
-    values = torch.tensor([0.5], dtype=f64)
+    assert engine._spaces == (False, False)  # identity
+    values = torch.tensor([start], dtype=f64)
     u = engine.hyper_optimizer.step(
         to_space(values, *engine._spaces), torch.tensor([2.0], dtype=f64), 0.0, torch.tensor([True])
     )
-    assert engine._spaces == (False, True)  # every row in logit space
-    assert float(from_space(u, *engine._spaces)) == pytest.approx(1 / (1 + math.exp(0.1)))
+    assert float(from_space(u, *engine._spaces)) == pytest.approx(start - 0.1)
+
+
+def test_a_penalty_at_zero_cannot_start_in_log_space():
+    w = nn.Parameter(torch.ones(3, dtype=f64))
+    with pytest.raises(ValueError, match=r"AdaptiveStep moves 'l2' in log space.*λ = 0"):
+        TangentEngine(Exact(), {"l2": L2Penalty(0.0)}, torch.optim.SGD([w], lr=0.1))
+    # the paper's rule steps the declared (identity) parameterization: 0 is a fine start
+    TangentEngine(Exact(1e-3), {"l2": L2Penalty(0.0)}, torch.optim.SGD([w], lr=0.1))
 
 
 def test_a_skipped_row_leaves_the_moments_and_lambda_alone():
@@ -132,6 +143,12 @@ def test_none_picks_the_paper_rule_when_the_method_has_its_step():
 def test_bad_arguments(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_hyper_every_counts_update_points():
+    """With UnrollK, hyper_every=k moves λ at every k-th window end."""
+    _, engine = train(PaperStep(), method=Unroll(3, 1e-3), steps=12, hyper_every=2)
+    assert engine.update_points == 4 and engine.updates == 2
 
 
 def test_hyper_every_updates_on_every_kth_step_with_a_k_times_step():
