@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import os
 import random
 import statistics
 import time
@@ -248,6 +249,11 @@ def run_cost(
             raise ValueError(f"models: {model!r} needs the {sources[model][0]} experiment")
     if smoke:
         rounds, steps, warmup = 2, 4, 2
+    # under a multi-process strategy (--extra trainer.strategy=ddp) Lightning launches this
+    # command once per process: each process beside rank 0 writes a folder of its own
+    rank = int(os.environ.get("NODE_RANK", "0")) * 1000 + int(os.environ.get("LOCAL_RANK", "0"))
+    if rank:
+        out = out / f"rank{rank}"
     log = RunLog(out)
     rng = random.Random(seed)
     quiet = ["trainer.limit_val_batches=0", *extra]
