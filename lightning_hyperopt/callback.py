@@ -381,9 +381,9 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
                 with torch.enable_grad():
                     loss = self._validation_loss(trainer, pl_module, batch)
             except Exception as err:
-                raise type(err)(
+                raise ValueError(
                     f"validation_loss failed on a batch of the validation dataloader before "
-                    f"training started: {err}"
+                    f"training started: {type(err).__name__}: {err}"
                 ) from err
         _check_loss("validation_loss", loss)
         if not loss.requires_grad:

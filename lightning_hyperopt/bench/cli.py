@@ -182,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--overlay", action="append", type=Path, default=[], help="LSTM overlay (medium.yaml)"
     )
     c.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median taken)")
+    c.add_argument(
+        "--rows",
+        type=_names,
+        default=None,
+        help="comma-separated row labels to time besides plain (default every row)",
+    )
     c.add_argument("--steps", type=int, default=60, help="timed steps per round and method")
     c.add_argument(
         "--clock",
@@ -251,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             overlays=args.overlay,
             clock=args.clock,
             kernels=args.kernels,
+            only=args.rows or (),
         )
         print((args.out / "cost.md").read_text())
     else:

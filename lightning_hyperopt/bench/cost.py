@@ -230,12 +230,13 @@ def run_cost(
     overlays: Sequence[Path] = (),
     clock: str = "wall",
     kernels: bool = False,
+    only: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run the cost benchmark; writes ``cost.md``, ``summary.json`` and ``runs.jsonl``.
 
     ``overlays`` (e.g. the PTB ``medium.yaml``) apply to the LSTM only; ``clock`` ("wall" or
-    "cpu") is the one the table's times and ratios use; ``kernels`` adds the replay-kernel
-    ratios of each model."""
+    "cpu") is the one the table's times and ratios use; ``kernels`` adds the H·v kernel
+    ratios of each model; ``only`` keeps the rows with these labels (and "plain")."""
     sources = {"mlp": ("table2", mnist_dir), "lstm": ("table3", ptb_dir)}
     unknown = [m for m in models if m not in sources]
     if unknown:
@@ -247,6 +248,12 @@ def run_cost(
     for model in models:
         if sources[model][0] not in EXPERIMENTS:
             raise ValueError(f"models: {model!r} needs the {sources[model][0]} experiment")
+        labels = {r.label for r in MODEL_ROWS[model]}
+        if set(only) - labels:
+            raise ValueError(
+                f"rows {sorted(set(only) - labels)} are not rows of {model!r}; accepted "
+                f"values: {sorted(labels)}"
+            )
     if smoke:
         rounds, steps, warmup = 2, 4, 2
     # under a multi-process strategy (--extra trainer.strategy=ddp) Lightning launches this
@@ -260,7 +267,7 @@ def run_cost(
     summary: dict[str, Any] = {"environment": environment(), "clock": clock, "models": {}}
     for model in models:
         name, data_dir = sources[model]
-        rows = MODEL_ROWS[model]
+        rows = tuple(r for r in MODEL_ROWS[model] if not only or r.label in {"plain", *only})
 
         fit = functools.partial(
             _fit,
