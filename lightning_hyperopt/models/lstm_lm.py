@@ -46,34 +46,10 @@ def _positive(name: str, value: float) -> float:
     return value
 
 
-class LSTMLanguageModel(pl.LightningModule):
-    """Zaremba et al.'s word-level LSTM LM with a tunable dropout keep probability.
-
-    Paper configurations (batch 20 and 35 unrolled steps come from the datamodule): "small"
-    ``hidden_size=200, init_scale=0.1``; "medium" ``hidden_size=650, init_scale=0.05``
-    (the paper's Table 3). Gradient-norm clipping at 5 (Zaremba) is the Trainer's
-    ``gradient_clip_val: 5.0``; the tuner then warns that the tangent y = dθ/dλ ignores it.
-
-    ``training_loss(batch)`` is a pure function of (θ, λ, batch) and the hidden state that
-    entered the current training step (``training_step`` stores the new state, which becomes
-    the input only at ``on_train_batch_end``), so the tuner's replays see the step's own input.
-    Gradient accumulation is refused: each micro-batch would need its own input state.
-
-    Args:
-        vocab_size: number of words (10,000 for PTB).
-        hidden_size: units per LSTM layer.
-        embedding_size: word-vector size; ``None`` takes ``hidden_size`` (Zaremba).
-        num_layers: stacked LSTM layers.
-        keep_prob: λ₀, the keep probability of every dropout layer (1.0: no dropout).
-        keep_bounds: bounds of λ, 0 < low < high ≤ 1.
-        keep_eps: ε of the finite-difference estimate of ∂g_T/∂λ (:class:`KeepProbability`).
-        keep_per_layer: one λ per dropout layer (``num_layers + 1`` of them) instead of one.
-        init_scale: weights start uniform in [−init_scale, init_scale].
-        lr: SGD learning rate at step 0 (1.0 with Zaremba's summed cost).
-        lr_decay: factor applied to lr every ``lr_decay_every`` optimizer steps (the paper:
-            0.95 every 5,000).
-        lr_decay_every: steps between two decays.
-    """
+class _LSTMLanguageModelLogic:
+    """The language model's logic, free of any Lightning namespace: :class:`LSTMLanguageModel`
+    puts it on ``pytorch_lightning.LightningModule``, and
+    :func:`lightning_hyperopt.models.for_namespace` on ``lightning.pytorch.LightningModule``."""
 
     def __init__(
         self,
@@ -215,3 +191,33 @@ class LSTMLanguageModel(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+class LSTMLanguageModel(_LSTMLanguageModelLogic, pl.LightningModule):
+    """Zaremba et al.'s word-level LSTM LM with a tunable dropout keep probability.
+
+    Paper configurations (batch 20 and 35 unrolled steps come from the datamodule): "small"
+    ``hidden_size=200, init_scale=0.1``; "medium" ``hidden_size=650, init_scale=0.05``
+    (the paper's Table 3). Gradient-norm clipping at 5 (Zaremba) is the Trainer's
+    ``gradient_clip_val: 5.0``; the tuner then warns that the tangent y = dθ/dλ ignores it.
+
+    ``training_loss(batch)`` is a pure function of (θ, λ, batch) and the hidden state that
+    entered the current training step (``training_step`` stores the new state, which becomes
+    the input only at ``on_train_batch_end``), so the tuner's replays see the step's own input.
+    Gradient accumulation is refused: each micro-batch would need its own input state.
+
+    Args:
+        vocab_size: number of words (10,000 for PTB).
+        hidden_size: units per LSTM layer.
+        embedding_size: word-vector size; ``None`` takes ``hidden_size`` (Zaremba).
+        num_layers: stacked LSTM layers.
+        keep_prob: λ₀, the keep probability of every dropout layer (1.0: no dropout).
+        keep_bounds: bounds of λ, 0 < low < high ≤ 1.
+        keep_eps: ε of the finite-difference estimate of ∂g_T/∂λ (:class:`KeepProbability`).
+        keep_per_layer: one λ per dropout layer (``num_layers + 1`` of them) instead of one.
+        init_scale: weights start uniform in [−init_scale, init_scale].
+        lr: SGD learning rate at step 0 (1.0 with Zaremba's summed cost).
+        lr_decay: factor applied to lr every ``lr_decay_every`` optimizer steps (the paper:
+            0.95 every 5,000).
+        lr_decay_every: steps between two decays.
+    """

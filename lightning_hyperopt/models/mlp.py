@@ -35,45 +35,10 @@ def _positive(name: str, value: float) -> float:
     return value
 
 
-class MLP(pl.LightningModule):
-    """A ReLU MLP classifier (784-100-100-100-10 by default) with a tunable L2 penalty λ.
-
-    ``self.l2`` is the :class:`L2Penalty` the :class:`OnlineHyperparamCallback` tunes; without
-    the callback it is a fixed λ (the grid baseline). With ``per_layer_l2`` it is an
-    ``nn.ModuleList`` of one L2Penalty per weight matrix instead (``self.l2[k]`` penalizes
-    ``self.layers[k].weight``), each tuned on its own and logged as ``hyperopt/l2.<k>``. With
-    ``keep``, a :class:`TunableDropout` follows every hidden activation, all sharing one
-    :class:`KeepProbability` ``self.keep`` (logged as ``hyperopt/keep``); dropout is active in
-    training mode only.
-
-    With ``weight_decay``, the optimizer's weight decay on the weight matrices (param group 0;
-    biases are group 1, never decayed) is a :class:`WeightDecay` hyperparameter ``self.wd``
-    (coupled in SGD's gradient, decoupled in AdamW: θ ← θ(1 − ηλ)).
-
-    Args:
-        l2: λ₀, the L2 coefficient (its value at the start of training); ``None``: no L2
-            penalty (e.g. with ``weight_decay``).
-        in_features: input size (784 for flattened MNIST).
-        hidden: sizes of the hidden layers.
-        num_classes: output size.
-        lr: η₀, the SGD learning rate at step 0.
-        final_lr: η_T, the learning rate reached after ``decay_steps`` steps (exponential decay,
-            stepped every optimizer step); equal to ``lr`` for a constant rate.
-        decay_steps: T; ``None`` takes the trainer's ``max_steps``.
-        momentum: SGD momentum (the paper uses plain SGD: 0).
-        parameterization: how the tuner steps λ (``"identity"``: λ itself, clamped at 0;
-            ``"log"``: log λ, which needs ``min_l2 > 0``).
-        min_l2: lower bound of λ.
-        seed: seed of the weight initialization (``None``: the global RNG).
-        per_layer_l2: one L2 coefficient per weight matrix, each starting at ``l2`` (with the
-            same ``parameterization`` and ``min_l2``), instead of one for all.
-        keep: λ₀ of the dropout keep probability after each hidden activation, in
-            [0.1, 1] (the range it is tuned in); ``None``: no dropout.
-        optimizer: ``"sgd"`` (with ``momentum``) or ``"adamw"`` (torch's defaults besides
-            ``lr`` and the weight decay).
-        weight_decay: λ₀ of the optimizer's weight decay on the weight matrices, a
-            :class:`WeightDecay` hyperparameter; ``None``: no weight decay.
-    """
+class _MLPLogic:
+    """The MLP's logic, free of any Lightning namespace: :class:`MLP` puts it on
+    ``pytorch_lightning.LightningModule``, and :func:`lightning_hyperopt.models.for_namespace`
+    on ``lightning.pytorch.LightningModule`` (one code path for both Trainers)."""
 
     def __init__(
         self,
@@ -213,3 +178,44 @@ class MLP(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+class MLP(_MLPLogic, pl.LightningModule):
+    """A ReLU MLP classifier (784-100-100-100-10 by default) with a tunable L2 penalty λ.
+
+    ``self.l2`` is the :class:`L2Penalty` the :class:`OnlineHyperparamCallback` tunes; without
+    the callback it is a fixed λ (the grid baseline). With ``per_layer_l2`` it is an
+    ``nn.ModuleList`` of one L2Penalty per weight matrix instead (``self.l2[k]`` penalizes
+    ``self.layers[k].weight``), each tuned on its own and logged as ``hyperopt/l2.<k>``. With
+    ``keep``, a :class:`TunableDropout` follows every hidden activation, all sharing one
+    :class:`KeepProbability` ``self.keep`` (logged as ``hyperopt/keep``); dropout is active in
+    training mode only.
+
+    With ``weight_decay``, the optimizer's weight decay on the weight matrices (param group 0;
+    biases are group 1, never decayed) is a :class:`WeightDecay` hyperparameter ``self.wd``
+    (coupled in SGD's gradient, decoupled in AdamW: θ ← θ(1 − ηλ)).
+
+    Args:
+        l2: λ₀, the L2 coefficient (its value at the start of training); ``None``: no L2
+            penalty (e.g. with ``weight_decay``).
+        in_features: input size (784 for flattened MNIST).
+        hidden: sizes of the hidden layers.
+        num_classes: output size.
+        lr: η₀, the SGD learning rate at step 0.
+        final_lr: η_T, the learning rate reached after ``decay_steps`` steps (exponential decay,
+            stepped every optimizer step); equal to ``lr`` for a constant rate.
+        decay_steps: T; ``None`` takes the trainer's ``max_steps``.
+        momentum: SGD momentum (the paper uses plain SGD: 0).
+        parameterization: how the tuner steps λ (``"identity"``: λ itself, clamped at 0;
+            ``"log"``: log λ, which needs ``min_l2 > 0``).
+        min_l2: lower bound of λ.
+        seed: seed of the weight initialization (``None``: the global RNG).
+        per_layer_l2: one L2 coefficient per weight matrix, each starting at ``l2`` (with the
+            same ``parameterization`` and ``min_l2``), instead of one for all.
+        keep: λ₀ of the dropout keep probability after each hidden activation, in
+            [0.1, 1] (the range it is tuned in); ``None``: no dropout.
+        optimizer: ``"sgd"`` (with ``momentum``) or ``"adamw"`` (torch's defaults besides
+            ``lr`` and the weight decay).
+        weight_decay: λ₀ of the optimizer's weight decay on the weight matrices, a
+            :class:`WeightDecay` hyperparameter; ``None``: no weight decay.
+    """
