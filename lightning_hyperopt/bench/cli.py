@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -168,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
             help="config override for every run: model.init_args.lr=0.05",
         )
 
+    _ttq_parser(sub)
+
     c = sub.add_parser(
         "cost",
         help="time per step and peak memory: callback vs plain training, one λ and per-layer",
@@ -205,6 +208,72 @@ def build_parser() -> argparse.ArgumentParser:
         "kernels off)",
     )
     return parser
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _names(text)]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from err
+
+
+def _ttq_parser(sub: Any) -> None:
+    from .ttq import CLOCKS, SYSTEMS, TASKS
+
+    t = sub.add_parser(
+        "ttq",
+        help="time to quality: the online tuner (library defaults) against a fixed grid, random "
+        "search and Optuna TPE with median pruning, under one wall-time budget (bench extra)",
+    )
+    _common(t)
+    t.add_argument(
+        "--task",
+        type=_names,
+        default=None,
+        help=f"comma-separated subset of {list(TASKS)} (default all)",
+    )
+    t.add_argument(
+        "--systems",
+        type=_names,
+        default=None,
+        help=f"comma-separated subset of {list(SYSTEMS)} (default all; optuna needs grid)",
+    )
+    t.add_argument(
+        "--seeds",
+        type=_seeds,
+        default=[0, 1, 2],
+        help="seeds of the online runs (each start × each seed); the baselines use the first "
+        "(default 0,1,2)",
+    )
+    t.add_argument(
+        "--online-args",
+        default=None,
+        help="OnlineHyperparamCallback arguments as a JSON object or a YAML/JSON file, e.g. "
+        "'{\"warmup_steps\": 100}' (default {}: the library's defaults)",
+    )
+    t.add_argument("--mnist-dir", type=Path, default=Path("../shared/data/mnist"))
+    t.add_argument("--ptb-dir", type=Path, default=Path("../shared/data/ptb"))
+    t.add_argument("--steps", type=int, default=None, help="training steps per run (all tasks)")
+    t.add_argument(
+        "--val-every", type=int, default=None, help="steps between validations (all tasks)"
+    )
+    t.add_argument(
+        "--clock",
+        choices=CLOCKS,
+        default="wall",
+        help="the clock of the tables, targets and curves (runs.jsonl has both): wall "
+        "(perf_counter), or this process's CPU time (less sensitive to other jobs)",
+    )
+    t.add_argument(
+        "--max-trials", type=int, default=500, help="a cap on Optuna's trials (default 500)"
+    )
+    t.add_argument("--no-verify", action="store_true", help="skip the data files' sha256 checks")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs already in OUT/runs.jsonl and skip them (a resumed Optuna study is "
+        "rebuilt from its recorded trials and continues on its clock)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -260,6 +329,30 @@ def main(argv: Sequence[str] | None = None) -> None:
             only=args.rows or (),
         )
         print((args.out / "cost.md").read_text())
+    elif args.command == "ttq":
+        from .ttq import SettingError, load_online_args, run_ttq
+
+        try:
+            run_ttq(
+                args.out,
+                tasks=args.task,
+                systems=args.systems,
+                seeds=args.seeds,
+                online_args=load_online_args(args.online_args),
+                mnist_dir=args.mnist_dir,
+                ptb_dir=args.ptb_dir,
+                smoke=args.smoke,
+                steps=args.steps,
+                val_every=args.val_every,
+                resume=args.resume,
+                clock=args.clock,
+                verify=not args.no_verify,
+                max_trials=args.max_trials,
+                show_progress=show,
+            )
+        except SettingError as err:  # found before any run
+            raise SystemExit(f"ttq: {err}") from err
+        print((args.out / "table.md").read_text())
     else:
         from .training import EXPERIMENTS, run_experiment
 

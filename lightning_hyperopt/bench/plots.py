@@ -36,10 +36,12 @@ def plot_curves(
     title: str,
     path: Path,
     vlines: Sequence[float] = (),
+    xlabel: str = "steps",
 ) -> Path:
     """One panel per (key, y label, y scale) of ``panels``; one line per entry of ``curves``
-    (label → {key: (steps, values)}). Non-finite values, and non-positive ones on log panels,
-    are dropped; keys a curve lacks are skipped. Writes ``path`` (PNG) and returns it."""
+    (label → {key: (x values, values)}, x in ``xlabel``'s unit). Non-finite values, and
+    non-positive ones on log panels, are dropped; keys a curve lacks are skipped. Writes
+    ``path`` (PNG) and returns it."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (key, label, scale) in zip(axes[0], panels):
@@ -57,7 +59,7 @@ def plot_curves(
         for v in vlines:
             ax.axvline(v, color="grey", linestyle="--", linewidth=0.8)
         ax.set_yscale(scale)
-        ax.set_xlabel("steps")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.grid(True, which="major", alpha=0.3)
     axes[0][0].legend(fontsize=7)
