@@ -149,7 +149,11 @@ def bare_trainer(
 
 def quiet_lightning() -> None:
     """Silence Lightning's banners, tips and warnings (the benchmarks print their own tables)."""
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+    import importlib.util
+
+    if importlib.util.find_spec("lightning") is not None:
+        import lightning.pytorch  # noqa: F401  (its import sets its logger's level: first)
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    for module in ("pytorch_lightning", "lightning_fabric", "torch.utils.data"):
+    for module in ("pytorch_lightning", "lightning", "lightning_fabric", "torch.utils.data"):
         warnings.filterwarnings("ignore", module=module)

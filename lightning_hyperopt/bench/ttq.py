@@ -195,6 +195,7 @@ PTB_SMOKE = {
     "trainer_args": {"limit_val_batches": 1.0},
 }
 L2_RANGE = (1e-5, 1e-1)
+WD_RANGE = (1e-4, 1e1)  # AdamW at lr 1e-3: 1e2 kills the network
 LAYERS = ("l2.0", "l2.1", "l2.2", "l2.3")
 #: 3 starts spanning 3 decades: 1e-5, 3.2e-4, 1e-2
 L2_STARTS = tuple(logspace(1e-5, 1e-2, 3))
@@ -244,8 +245,9 @@ TASKS: dict[str, Task] = {
             description="MNIST MLP, 5,000 training images, AdamW's decoupled weight decay",
             model="mlp",
             data="mnist",
-            dims=(Dim("wd", 1e-3, 1e2),),
-            grid=tuple({"wd": v} for v in logspace(1e-3, 1e2, 6)),
+            dims=(Dim("wd", *WD_RANGE),),
+            grid=tuple({"wd": v} for v in logspace(*WD_RANGE, 6)),
+            # 3 decades around the grid's best in the pilot (1): 0.01, 0.32, 10
             starts=tuple({"wd": v} for v in logspace(1e-2, 1e1, 3)),
             steps=3000,
             val_every=250,
@@ -261,25 +263,27 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             name="ptb_keep",
-            description="PTB LSTM LM (2 × 100 units), the first 2% of the training text, one "
-            "dropout keep probability, SGD with gradient clipping",
+            description="PTB LSTM LM (2 × 100 units), the first 2% of the training text (18,600 "
+            "tokens), one dropout keep probability, SGD with gradient clipping",
             model="lstm_lm",
             data="ptb",
-            dims=(Dim("keep_prob", 0.3, 1.0, log=False),),
-            grid=tuple({"keep_prob": v} for v in (0.3, 0.44, 0.58, 0.72, 0.86, 1.0)),
+            dims=(Dim("keep_prob", 0.1, 1.0, log=False),),
+            grid=tuple({"keep_prob": v} for v in (0.1, 0.28, 0.46, 0.64, 0.82, 1.0)),
             starts=tuple({"keep_prob": v} for v in (0.3, 0.6, 0.9)),
-            steps=400,
-            val_every=50,
+            # 8.6 epochs of 93 steps: without dropout the model overfits after about 5
+            steps=800,
+            val_every=100,
             model_args={
                 "hidden_size": 100,
                 "keep_prob": 0.5,
                 "lr": 1.0,
                 "lr_decay": 0.8,
-                "lr_decay_every": 50,
+                "lr_decay_every": 200,
             },
-            data_args={"train_fraction": 0.02, "batch_size": 20, "bptt": 35, "eval_batch_size": 10},
-            # validation on the first 60 windows of 10 × 35 tokens (21,000 of the 73,760)
-            trainer_args={"gradient_clip_val": 5.0, "limit_val_batches": 60},
+            # 10 × 20 tokens per step: more updates per token than Zaremba's 20 × 35
+            data_args={"train_fraction": 0.02, "batch_size": 10, "bptt": 20, "eval_batch_size": 10},
+            # validation on the first 50 windows of 10 × 20 tokens (10,000 of the 73,760)
+            trainer_args={"gradient_clip_val": 5.0, "limit_val_batches": 50},
             loss_label="cross-entropy per token",
             smoke=PTB_SMOKE,
         ),
@@ -784,6 +788,7 @@ def _protocol(task: Task) -> dict[str, Any]:
         "model_args": dict(task.model_args),
         "data_args": dict(task.data_args),
         "trainer_args": dict(task.trainer_args),
+        "loss_label": task.loss_label,
     }
 
 
@@ -1058,7 +1063,8 @@ def table_markdown(summary: Mapping[str, Any]) -> str:
         dims = proto["dims"]
         text.append(
             f"\n## {name}\n\n{s['description']}. {proto['steps']} steps per run, validation "
-            f"every {proto['val_every']} steps.\n\n"
+            f"every {proto['val_every']} steps; losses: {proto['loss_label']}; data: "
+            f"{_args(proto['data_args'])}.\n\n"
         )
         gb = s["grid_best"]
         rows = []
@@ -1163,6 +1169,10 @@ def table_markdown(summary: Mapping[str, Any]) -> str:
             )
         )
     return "".join(text)
+
+
+def _args(args: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in args.items())
 
 
 def _passed(by_task: Mapping[str, bool]) -> str:
