@@ -550,6 +550,7 @@ def fit_run(
             "lambda_final": _values(model),
             "best_val_loss": recorder.best,
             "best_step": val["step"][val["val_loss"].index(recorder.best)],
+            "protocol": _run_protocol(task),
             "start_s": start,
             "end_s": end,
             **fields,
@@ -741,6 +742,7 @@ def run_ttq(
                     f"{per_epoch}"
                 )
     log = RunLog(out, resume=resume)
+    _check_resumed(log, plan, online_args)
     start = time.perf_counter()
     for task in plan:
         ctx = Context(task, datamodules[task.name], clock, online_args, log, show_progress)
@@ -775,6 +777,28 @@ def run_ttq(
     (out / "table.md").write_text(table_markdown(summary))
     plot_ttq(summary, out / "curves.png")
     return summary
+
+
+def _check_resumed(log: RunLog, plan: Sequence[Task], online_args: Mapping[str, Any]) -> None:
+    """Refuse to mix the recorded runs of another protocol (steps, validation interval, points,
+    online arguments) with new ones."""
+    for task in plan:
+        for r in log.records:
+            if r["task"] != task.name:
+                continue
+            theirs = r.get("protocol", {})
+            ours = _run_protocol(task)
+            if theirs != ours or (r["system"] == "online" and r["online_args"] != online_args):
+                raise SettingError(
+                    f"--resume: {log.path} holds run {r['key']} of another protocol "
+                    f"({theirs}, online arguments {r.get('online_args')}) than this one "
+                    f"({ours}, online arguments {dict(online_args)}); use another --out"
+                )
+
+
+def _run_protocol(task: Task) -> dict[str, Any]:
+    """What a run's numbers depend on besides its point and seed (checked on resume)."""
+    return {"steps": task.steps, "val_every": task.val_every, "data_args": dict(task.data_args)}
 
 
 def _protocol(task: Task) -> dict[str, Any]:

@@ -136,6 +136,12 @@ def test_resume_skips_finished_runs_and_continues_optuna(tmp_path, data):
     assert new and all(r["system"] == "optuna" for r in new)
     assert new[0]["index"] == len(trials) - 1  # the study continues after its recorded trials
     assert new[0]["start_s"]["wall"] >= trials[-2]["end_s"]["wall"]  # and so does its clock
+    # another protocol in the same folder is refused, before any run
+    with pytest.raises(
+        SystemExit, match=r"--resume: .*holds run mnist_l2\|grid\|0\|seed0 of another"
+    ):
+        main([*args, "--resume", "--steps", "9"])
+    assert records(out) == again
 
 
 def test_online_args_reach_the_callback(tmp_path, data):
@@ -157,6 +163,8 @@ def test_online_args_reach_the_callback(tmp_path, data):
         assert r["callback"]["warmup_steps"] == 2 and "radius=10.0" in r["callback"]["method"]
     table = (out / "table.md").read_text()
     assert json.dumps(online) in table
+    with pytest.raises(SystemExit, match=r"another protocol .*online arguments \{'warmup_steps'"):
+        main(["ttq", "--out", str(out), "--smoke", "--task", "mnist_adamw", "--resume", *data])
 
 
 @pytest.mark.parametrize(
