@@ -76,15 +76,22 @@ def test_every_system_of_every_task_has_records(smoke):
         for r in mine:
             assert r["val"]["step"][0] == smoke_task.val_every
             assert all(math.isfinite(v) for v in r["val"]["val_loss"])
-            assert math.isfinite(r["test_loss"]) and r["best_val_loss"] == min(r["val"]["val_loss"])
+            assert r["best_val_loss"] == min(r["val"]["val_loss"])
             assert r["end_s"]["wall"] > r["start_s"]["wall"] >= 0
             times = r["val"]["wall_s"]
             assert times == sorted(times) and r["start_s"]["wall"] <= times[0] <= r["end_s"]["wall"]
             for d in preset.dims:  # random and Optuna sample inside the search space
                 assert d.low <= r["point"][d.name] <= d.high
+        # test losses: every online run; the others when they beat their system's best so far
+        assert all(math.isfinite(r["test_loss"]) for r in by["online"])
         # one clock per fixed-point system: its runs follow each other
         for system in ("grid", "random", "optuna"):
             rs = sorted(by[system], key=lambda r: r["index"])
+            best = math.inf
+            for r in rs:
+                assert (r["test_loss"] is not None) == (r["best_val_loss"] < best)
+                assert r["test_loss"] is None or math.isfinite(r["test_loss"])
+                best = min(best, r["best_val_loss"])
             assert all(a["end_s"]["wall"] <= b["start_s"]["wall"] for a, b in pairwise(rs))
         # Optuna ran until its clock passed the grid's total (or its last trial was cut there)
         grid_total = sum(r["end_s"]["wall"] - r["start_s"]["wall"] for r in by["grid"])
