@@ -1241,28 +1241,18 @@ def _gap(g: Mapping[str, Any]) -> str:
 
 def _targets_markdown(t: Mapping[str, Any]) -> str:
     rows = []
-    if "grid" in t:
-        g = t["grid"]
-        rows.append(
-            [
-                "online reaches the grid's best (median s ÷ grid's total)",
-                _ratio(g["ratio"]),
-                f"≤ {g['threshold']}",
-                f"{g['reached']}/{g['runs']} runs reach it; {_gap(g)}",
-                _verdict(g["pass"]),
-            ]
-        )
-    if "optuna" in t:
-        g = t["optuna"]
-        rows.append(
-            [
-                "online reaches Optuna's best (median s ÷ Optuna's total)",
-                _ratio(g["ratio"]),
-                f"≤ {g['threshold']}",
-                f"{g['reached']}/{g['runs']} runs reach it; {_gap(g)}",
-                _verdict(g["pass"]),
-            ]
-        )
+    for key, label in (("grid", "the grid's"), ("optuna", "Optuna's")):
+        if key in t:
+            g = t[key]
+            rows.append(
+                [
+                    f"online reaches {label} best (median s ÷ {label} total)",
+                    _ratio(g["ratio"]),
+                    f"≤ {g['threshold']}",
+                    f"{g['reached']}/{g['runs']} runs reach it; {_gap(g)}",
+                    _verdict(g["pass"]),
+                ]
+            )
     if "test_at_equal_time" in t:
         g = t["test_at_equal_time"]
         rows.append(

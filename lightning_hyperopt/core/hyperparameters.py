@@ -151,16 +151,8 @@ class L2Penalty(Hyperparameter):
     """
 
     drift_source: DriftSource = "closed_form"
-
-    def __init__(
-        self,
-        init: float,
-        bounds: tuple[float, float] = (0.0, math.inf),
-        parameterization: Parameterization = "identity",
-    ) -> None:
-        super().__init__(init, bounds, parameterization)
-        # None: nobody tunes this penalty, so nothing is recorded (see ``record_calls``)
-        self.calls: list[PenaltyCall] | None = None
+    #: None: nobody tunes this penalty, so nothing is recorded (see ``record_calls``)
+    calls: list[PenaltyCall] | None = None
 
     def forward(self, params: Iterable[Tensor]) -> Tensor:  # type: ignore[override]
         params = list(params)
