@@ -60,20 +60,24 @@ def loaders():
     return DataLoader(train, batch_size=64), DataLoader(val, batch_size=128)
 
 
-@pytest.mark.parametrize("namespace", NAMESPACES)
-def test_quickstart_model_tunes_under_each_namespace(namespace):
-    pl, model = quickstart_model(namespace)
-    callback = OnlineHyperparamCallback(Clip(radius=20.0, hyper_lr_scale=1e-2), warmup_steps=5)
-    assert isinstance(callback, pl.Callback)
-    trainer = pl.Trainer(
-        max_steps=20,
+def quiet_trainer(pl, max_steps: int, callback):
+    """A ``pl.Trainer`` for ``max_steps`` steps with ``callback`` and nothing else."""
+    return pl.Trainer(
+        max_steps=max_steps,
         callbacks=[callback],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(model, *loaders())
+
+
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_quickstart_model_tunes_under_each_namespace(namespace):
+    pl, model = quickstart_model(namespace)
+    callback = OnlineHyperparamCallback(Clip(radius=20.0, hyper_lr_scale=1e-2), warmup_steps=5)
+    assert isinstance(callback, pl.Callback)
+    quiet_trainer(pl, 20, callback).fit(model, *loaders())
     assert callback.engine.step == 20 and callback.engine.updates == 15
     assert float(model.l2.value) != 1e-3
 
@@ -83,14 +87,7 @@ def test_both_namespaces_give_the_same_lambda_trajectory():
     for namespace in NAMESPACES:
         pl, model = quickstart_model(namespace)
         callback = OnlineHyperparamCallback(Clip(radius=20.0, hyper_lr_scale=1e-2))
-        pl.Trainer(
-            max_steps=10,
-            callbacks=[callback],
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        ).fit(model, *loaders())
+        quiet_trainer(pl, 10, callback).fit(model, *loaders())
         values.append(model.l2.value.clone())
     torch.testing.assert_close(values[0], values[1], rtol=0, atol=0)
 
