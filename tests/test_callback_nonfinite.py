@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import Recorder, Regression, make_trainer, pl, regression_data
+from conftest import Recorder, Regression, fit, make_trainer, pl, regression_data
 from torch.utils.data import DataLoader
 
 from lightning_hyperopt import Clip, OnlineHyperparamCallback
@@ -87,3 +87,45 @@ def test_a_few_non_finite_steps_are_skipped_and_the_run_goes_on():
     assert lam[5] == lam[4] and lam[6] != lam[5]
     assert callback.engine.nonfinite == [1] and callback.engine.step == 12
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def scaled_precision():
+    """Lightning's ``16-mixed`` precision plugin with a grad scaler on the CPU (the Trainer flag
+    turns 16-mixed into bf16 there). The float64 model is left alone by autocast, so the loss
+    scale is the only difference from a 32-bit run."""
+    from importlib import import_module
+
+    plugins = import_module(f"{pl.__name__}.plugins")
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=3)
+    return plugins.MixedPrecision("16-mixed", "cpu", scaler=scaler)
+
+
+def test_grad_scaler_steps_carry_the_unscaled_tangent():
+    """Under a grad scaler the back-propagated loss carries the scale S (growing 2^12 → 2^18
+    here): the tangent divides it out and follows the 32-bit run exactly."""
+    runs = []
+    for plugins in ([], [scaled_precision()]):
+        cb, rec, trainer = fit(
+            Regression("l2", 0.05, momentum=0.9), Clip(5.0, 1.0), 20, plugins=plugins
+        )
+        runs.append((cb.engine.tangent.clone(), rec.values))
+    assert trainer.precision_plugin.scaler.get_scale() > 2.0**12
+    torch.testing.assert_close(runs[1][0], runs[0][0], rtol=1e-12, atol=0)
+    assert [v[0] for v in runs[1][1]] == pytest.approx([v[0] for v in runs[0][1]], rel=1e-12)
+    assert len({v[0] for v in runs[0][1]}) > 10
+
+
+def test_a_step_the_grad_scaler_skips_moves_neither_y_nor_lambda_and_is_not_counted():
+    class InfAtSeven(Regression):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * math.inf if self.global_step == 7 else loss
+
+    plugin = scaled_precision()
+    cb, rec, _ = fit(InfAtSeven("l2", 0.05, momentum=0.9), Clip(5.0, 1.0), 12, plugins=[plugin])
+    lam = [v[0] for v in rec.values]
+    assert lam[7] == lam[6] and lam[8] != lam[7] and all(math.isfinite(v) for v in lam)
+    assert cb.engine.nonfinite == [0]  # the scaler's skip is expected, not a failure
+    # the scaler saw the inf: 2^12 grows every 3 good steps, halves at step 7 (2^16 without it)
+    assert plugin.scaler.get_scale() == 2.0**14
+    assert torch.isfinite(cb.engine.tangent).all()
