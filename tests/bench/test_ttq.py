@@ -106,7 +106,7 @@ def test_online_arm_uses_the_library_defaults(smoke):
     online = [r for r in records(smoke) if r["system"] == "online"]
     assert online and all(r["online_args"] == {} for r in online)
     assert all(r["callback"] == defaults for r in online)
-    assert "Clip(radius=5" in defaults["method"] and "AdaptiveStep" in defaults["hyper_optimizer"]
+    assert "FirstOrder" in defaults["method"] and "AdaptiveStep" in defaults["hyper_optimizer"]
     # the online λ moved (warmup 0): each run's final values differ from its start
     assert all(r["lambda_final"] != r["point"] for r in online)
     summary = json.loads((smoke / "summary.json").read_text())
