@@ -114,12 +114,15 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
     Carries y_j = dθ/dλ_j for every declared :class:`Hyperparameter` λ_j along the optimizer's
     trajectory, y ← P(dθ_{t+1}/dλ) with ġ = H y + ∂g_T/∂λ through gradient clipping and the
     optimizer's update (SGD, Adam, AdamW), and after each optimizer step moves
-    λ_j ← λ_j − α ⟨g_V, y_j⟩ with g_V from a batch of its own validation iterator.
+    λ_j ← λ_j − α ⟨g_V, y_j⟩ with g_V from a batch of its own validation iterator. The default
+    method, ``FirstOrder``, carries no y: it takes y = 0 before each step, so the hypergradient
+    is ⟨g_V, dθ_{t+1}/dλ⟩ through that step's ∂g_T/∂λ alone, with no H y.
 
-    H y comes from the training step's own graph: the loss ``training_step`` returns is
-    back-propagated once with ``create_graph=True`` (the callback stands in for
-    ``LightningModule.backward``), then once more for H y of every λ at once. So H y uses the
-    step's own batch, dropout masks and batch-norm statistics, and nothing is run twice.
+    For the methods with a tangent, H y comes from the training step's own graph: the loss
+    ``training_step`` returns is back-propagated once with ``create_graph=True`` (the callback
+    stands in for ``LightningModule.backward``), then once more for H y of every λ at once. So
+    H y uses the step's own batch, dropout masks and batch-norm statistics, and nothing is run
+    twice.
 
     The LightningModule provides:
 
