@@ -590,6 +590,16 @@ def run_key(task: str, system: str, index: int, seed: int) -> str:
     return f"{task}|{system}|{index}|seed{seed}"
 
 
+def _records_of(log: RunLog, task: str, system: str) -> list[Mapping[str, Any]]:
+    """``system``'s recorded runs on ``task``."""
+    return [r for r in log.records if r["task"] == task and r["system"] == system]
+
+
+def _total(records: Sequence[Mapping[str, Any]], clock: str) -> float:
+    """The seconds the runs took on ``clock``, summed."""
+    return sum(r["end_s"][clock] - r["start_s"][clock] for r in records)
+
+
 def _offset(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Where a resumed system's clock stood after its recorded runs."""
     return {c: max((r["end_s"][c] for r in records), default=0.0) for c in CLOCKS}
@@ -597,7 +607,7 @@ def _offset(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
 def _fixed_points(ctx: Context, system: str, points: Sequence[Point], seed: int) -> None:
     """The grid or random search: one fit per point, on one clock."""
-    done = [r for r in ctx.log.records if r["task"] == ctx.task.name and r["system"] == system]
+    done = _records_of(ctx.log, ctx.task.name, system)
     clock = Clock(_offset(done))
     for i, point in enumerate(progress(points, len(points), system, ctx.show_progress)):
         if ctx.log.done(run_key(ctx.task.name, system, i, seed)) is not None:
@@ -613,10 +623,7 @@ def _best(log: RunLog, task: str, system: str) -> float:
     """The best validation loss of ``system``'s recorded runs on ``task``, +∞ if none: a run
     gets its test loss only if it beats it (so every winner, and every best-so-far a summary
     can quote, has one)."""
-    return min(
-        (r["best_val_loss"] for r in log.records if r["task"] == task and r["system"] == system),
-        default=math.inf,
-    )
+    return min((r["best_val_loss"] for r in _records_of(log, task, system)), default=math.inf)
 
 
 def random_points(task: Task, n: int, seed: int) -> list[dict[str, float]]:
@@ -651,7 +658,7 @@ def _run_optuna(ctx: Context, seed: int, budget: float, max_trials: int) -> None
     distributions = {
         d.name: optuna.distributions.FloatDistribution(d.low, d.high, log=d.log) for d in task.dims
     }
-    done = [r for r in ctx.log.records if r["task"] == task.name and r["system"] == "optuna"]
+    done = _records_of(ctx.log, task.name, "optuna")
     for r in sorted(done, key=lambda r: r["index"]):  # a resumed study continues from these
         study.add_trial(
             optuna.trial.create_trial(
@@ -777,8 +784,7 @@ def run_ttq(
         if "random" in chosen:
             _fixed_points(ctx, "random", random_points(task, len(task.grid), seeds[0]), seeds[0])
         if "optuna" in chosen:
-            grid = [r for r in log.records if r["task"] == task.name and r["system"] == "grid"]
-            budget = sum(r["end_s"][clock] - r["start_s"][clock] for r in grid)
+            budget = _total(_records_of(log, task.name, "grid"), clock)
             _run_optuna(ctx, seeds[0], budget, max_trials)
         if "online" in chosen:
             _run_online(ctx, seeds)
@@ -890,9 +896,6 @@ def summarize(task: Task, records: Sequence[Mapping[str, Any]], clock: str) -> d
     grid_best = min(grid, key=lambda r: r["best_val_loss"]) if grid else None
     target = grid_best["best_val_loss"] if grid_best else None
 
-    def total(rs: Sequence[Mapping[str, Any]]) -> float:
-        return sum(r["end_s"][clock] - r["start_s"][clock] for r in rs)
-
     systems: dict[str, Any] = {}
     for name in ("grid", "random", "optuna"):
         rs = by[name]
@@ -906,7 +909,7 @@ def summarize(task: Task, records: Sequence[Mapping[str, Any]], clock: str) -> d
             "best_val_loss": winner["best_val_loss"],
             "winner": winner["point"],
             "test_loss": winner["test_loss"],
-            "total_s": total(rs),
+            "total_s": _total(rs, clock),
             "time_to_grid_best_s": t,
         }
     optuna_best = systems.get("optuna", {}).get("best_val_loss")
@@ -918,7 +921,7 @@ def summarize(task: Task, records: Sequence[Mapping[str, Any]], clock: str) -> d
             "seed": r["seed"],
             "best_val_loss": r["best_val_loss"],
             "test_loss": r["test_loss"],
-            "total_s": r["end_s"][clock] - r["start_s"][clock],
+            "total_s": _total([r], clock),
             "final": r["lambda_final"],
             "time_to_grid_best_s": None if target is None else _first_time(r, target, clock),
             "time_to_optuna_best_s": None
