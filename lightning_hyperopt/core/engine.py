@@ -606,9 +606,7 @@ class TangentEngine:
         with torch.no_grad():
             values = torch.stack([h.value for h in self.hypers])
             log, logit = self._spaces
-            grad = hypergradient.to(values.dtype)
-            if log is not False or logit is not False:  # identity: dλ/du = 1
-                grad = grad * space_slope(values, log, logit)
+            grad = hypergradient.to(values.dtype) * space_slope(values, log, logit)
             rows = torch.isfinite(grad) & step_ok
             alpha = self.method.hyper_step(self.lr) * self.hyper_every
             u = self.hyper_optimizer.step(to_space(values, log, logit), grad, alpha, rows)

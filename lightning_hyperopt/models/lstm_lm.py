@@ -199,7 +199,7 @@ class LSTMLanguageModel(_LSTMLanguageModelLogic, pl.LightningModule):
     Paper configurations (batch 20 and 35 unrolled steps come from the datamodule): "small"
     ``hidden_size=200, init_scale=0.1``; "medium" ``hidden_size=650, init_scale=0.05``
     (the paper's Table 3). Gradient-norm clipping at 5 (Zaremba) is the Trainer's
-    ``gradient_clip_val: 5.0``; the tuner then warns that the tangent y = dθ/dλ ignores it.
+    ``gradient_clip_val: 5.0``, which the tangent y = dθ/dλ follows exactly.
 
     ``training_loss(batch)`` is a pure function of (θ, λ, batch) and the hidden state that
     entered the current training step (``training_step`` stores the new state, which becomes
