@@ -182,6 +182,14 @@ def test_cost_clock_errors(tmp_path):
         main(["cost", "--out", str(tmp_path), "--clock", "process"])
 
 
+def test_cost_rows_must_be_rows_of_the_model(tmp_path):
+    from lightning_hyperopt.bench.cost import run_cost
+
+    with pytest.raises(ValueError, match=r"rows \['Clip99'\] are not rows of 'mlp'; accepted"):
+        run_cost(tmp_path, only=["Clip10", "Clip99"])
+    assert not (tmp_path / "runs.jsonl").exists()  # refused before any fit
+
+
 def test_compose_config_applies_row_overlays_and_settings(tmp_path):
     config = compose_config(
         MNIST,
@@ -258,6 +266,13 @@ def test_non_numeric_values_are_rejected(tmp_path, capsys, flag):
         main(["table3", "--out", str(tmp_path), flag, "0.4,high", "--no-progress"])
     assert "'0.4,high': expected comma-separated numbers" in capsys.readouterr().err
     assert not (tmp_path / "runs.jsonl").exists()  # nothing ran
+
+
+def test_ttq_seeds_must_be_integers(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["ttq", "--out", str(tmp_path), "--seeds", "0,one", "--no-progress"])
+    assert "'0,one': expected comma-separated integers" in capsys.readouterr().err
+    assert not (tmp_path / "runs.jsonl").exists()
 
 
 def test_kernel_ratios_report_a_missing_double_backward():

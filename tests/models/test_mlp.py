@@ -134,3 +134,5 @@ def test_adamw_with_tuned_weight_decay_builds_two_groups():
     assert plain["optimizer"].param_groups[0]["weight_decay"] == 0.0  # not AdamW's 0.01
     with pytest.raises(ValueError, match=r"optimizer='adam' is not supported"):
         MLP(optimizer="adam")
+    with pytest.raises(ValueError, match=r"per_layer_l2=True needs l2"):
+        MLP(l2=None, per_layer_l2=True)
