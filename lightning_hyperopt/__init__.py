@@ -20,15 +20,15 @@ from lightning_hyperopt.core import (
     TangentEngine,
     Unroll,
     WeightDecay,
+    find_hyperparameters,
 )
 from lightning_hyperopt.core.dropout import KeepProbability, TunableDropout, adopt_dropout
 
 __version__ = "0.1.0"
 
-_LIGHTNING = {"OnlineHyperparamCallback", "find_hyperparameters"}
 #: Lightning-side names and the module that defines each
 _LAZY = {
-    **dict.fromkeys(_LIGHTNING, "lightning_hyperopt.callback"),
+    "OnlineHyperparamCallback": "lightning_hyperopt.adapter.callback",
     "LSTMLanguageModel": "lightning_hyperopt.models.lstm_lm",
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-import lightning_hyperopt.core.engine as engine_module
+import lightning_hyperopt.core.functional as functional_module
 from lightning_hyperopt.core.functional import inner
 
 
@@ -15,7 +15,7 @@ class DriftRecorder:
 
     def __init__(self, monkeypatch) -> None:
         self.drifts: list[list[Tensor]] = []
-        original = engine_module.second_order_drift
+        original = functional_module.second_order_drift
 
         def recording(*args, **kwargs):
             out = original(*args, **kwargs)
@@ -23,7 +23,7 @@ class DriftRecorder:
             self.drifts.append(list(rows.detach().clone()))
             return out
 
-        monkeypatch.setattr(engine_module, "second_order_drift", recording)
+        monkeypatch.setattr(functional_module, "second_order_drift", recording)
 
 
 def hessian_vector_products(loss: Tensor, params: list[Tensor], tangents) -> list[Tensor]:

@@ -226,16 +226,16 @@ def test_nonfinite_hypergradient_is_skipped_and_counted():
 def test_nonfinite_tangent_is_reset_and_counted(monkeypatch):
     """A Hessian-vector product that overflows (here: made to) resets y to 0 at that step
     and is counted; θ's own step is untouched, and later steps carry a finite tangent."""
-    from lightning_hyperopt.core import engine as engine_module
+    from lightning_hyperopt.core import functional as functional_module
 
-    original, calls = engine_module.second_order_drift, [0]
+    original, calls = functional_module.second_order_drift, [0]
 
     def overflowing(*args, **kwargs):
         calls[0] += 1
         out = original(*args, **kwargs)
         return [d * math.inf for d in out] if calls[0] == 2 else out
 
-    monkeypatch.setattr(engine_module, "second_order_drift", overflowing)
+    monkeypatch.setattr(functional_module, "second_order_drift", overflowing)
     model = Regression("l2", 0.05)
     cb, rec, _ = fit(model, Clip(5.0, 1.0), max_steps=4)
     lam = [v[0] for v in rec.values]

@@ -98,7 +98,7 @@ MESSAGE = r"supports one device and DDP .* got {}.*FSDP, DeepSpeed, model parall
 def test_sharding_strategies_are_refused():
     import pytorch_lightning as pl
 
-    from lightning_hyperopt.callback import check_strategy
+    from lightning_hyperopt.adapter import check_strategy
 
     # Lightning itself refuses FSDP without a GPU, so the check is called directly here
     with pytest.raises(ValueError, match=MESSAGE.format("FSDPStrategy")):

@@ -104,7 +104,7 @@ def test_second_fit_continues_the_tuning():
     trainer.fit(model, DataLoader(train), DataLoader(val, batch_size=64))
     assert cb.engine.step == 6  # continued, not restarted
     assert trainer.optimizers[0].param_groups[0]["weight_decay"] == float(model.wd.value)
-    assert cb._val_index == 6 or cb._val_pass > 0
+    assert cb.validation.index == 6 or cb.validation.passes > 0
 
 
 class Indexed(Dataset):

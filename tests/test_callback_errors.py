@@ -180,7 +180,7 @@ class VectorTraining(Steps):
 
 
 def test_non_scalar_validation_loss_is_caught_before_training():
-    match = r"validation_loss must return a scalar tensor .* got \(64,\)"
+    match = r"validation_loss must return a scalar tensor .* got a tensor of shape \(64,\)"
     assert fit_raises(VectorValidation("l2"), ValueError, match, warmup_steps=200) == 0
 
 

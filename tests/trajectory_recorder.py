@@ -1,8 +1,9 @@
 """A pytest plugin that records the λ trajectory of every fit the test suite runs.
 
-    LIGHTNING_HYPEROPT_TRAJECTORIES=before.json PYTHONPATH=tests python -m pytest -p trajectory_recorder
+    export PYTHONPATH=tests
+    LIGHTNING_HYPEROPT_TRAJECTORIES=before.json python -m pytest -p trajectory_recorder
     ... change the code ...
-    LIGHTNING_HYPEROPT_TRAJECTORIES=after.json PYTHONPATH=tests python -m pytest -p trajectory_recorder
+    LIGHTNING_HYPEROPT_TRAJECTORIES=after.json python -m pytest -p trajectory_recorder
     python benchmarks/compare_trajectories.py before.json after.json
 
 Per test and fit: every λ after every training batch (``float.hex``: exact) and a digest of

@@ -137,7 +137,7 @@ def kernel_ratios(
     random v) with the default kernels and with the native ones the callback's H·v steps run on
     (oneDNN's and cuDNN's RNN kernels off), relative to it. None where the kernels raise
     (cuDNN's RNN has no double backward)."""
-    from lightning_hyperopt.callback import _native_rnn_kernels
+    from lightning_hyperopt.core.kernels import native_rnn_kernels
 
     params = [p for p in module.parameters() if p.requires_grad]
     g = torch.Generator().manual_seed(0)
@@ -171,7 +171,7 @@ def kernel_ratios(
     with torch.enable_grad():
         for kernels, context in (
             ("default", contextlib.nullcontext),
-            ("native", _native_rnn_kernels),
+            ("native", native_rnn_kernels),
         ):
             with context():
                 seconds[f"fwd+bwd, {kernels}"] = median_time(forward_backward)
@@ -329,7 +329,7 @@ def _memory(
 ) -> dict[str, Any]:
     """Peak tensor bytes of a ``steps``-step fit of each row, its model's hyperparameter count,
     and the parameters' bytes."""
-    from lightning_hyperopt.callback import find_hyperparameters
+    from lightning_hyperopt.core.hyperparameters import find_hyperparameters
 
     measured: dict[str, Any] = {"peak": {}, "hyperparameters": {}, "param_bytes": 0}
     for row in rows:

@@ -331,7 +331,7 @@ class Recorder(pl.Callback):
         self.engine: Any = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from lightning_hyperopt.callback import OnlineHyperparamCallback
+        from lightning_hyperopt import OnlineHyperparamCallback
 
         tuners = [c for c in trainer.callbacks if isinstance(c, OnlineHyperparamCallback)]
         self.engine = tuners[0].engine if tuners else None
@@ -357,7 +357,7 @@ class Recorder(pl.Callback):
             self._record(trainer, pl_module, step)
 
     def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
-        from lightning_hyperopt.callback import find_hyperparameters
+        from lightning_hyperopt.core.hyperparameters import find_hyperparameters
 
         c = self.curves
         c["step"].append(step)
@@ -472,7 +472,7 @@ def run_one(
 
 
 def _method_repr(trainer: pl.Trainer) -> str:
-    from lightning_hyperopt.callback import OnlineHyperparamCallback
+    from lightning_hyperopt import OnlineHyperparamCallback
 
     (cb,) = [c for c in trainer.callbacks if isinstance(c, OnlineHyperparamCallback)]
     return f"{cb.method!r}, warmup_steps={cb.warmup_steps}"

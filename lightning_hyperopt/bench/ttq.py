@@ -400,14 +400,14 @@ def _classes() -> tuple[type, type]:
 
 
 def _values(module: torch.nn.Module) -> dict[str, float]:
-    from lightning_hyperopt.callback import find_hyperparameters
+    from lightning_hyperopt.core.hyperparameters import find_hyperparameters
 
     return {k: float(h.value) for k, h in find_hyperparameters(module).items()}
 
 
 def build_model(task: Task, point: Point, seed: int, datamodule: Any) -> Any:
     """The task's model on ``lightning.pytorch``, seeded, with its hyperparameters at ``point``."""
-    from lightning_hyperopt.callback import find_hyperparameters
+    from lightning_hyperopt.core.hyperparameters import find_hyperparameters
     from lightning_hyperopt.models import for_namespace
 
     args = dict(task.model_args)

@@ -1,8 +1,13 @@
 """Framework-free core: tangent recurrence, methods, hyperparameters (imports torch only)."""
 
-from lightning_hyperopt.core.engine import TangentEngine, check_optimizer
+from lightning_hyperopt.core.engine import TangentEngine
 from lightning_hyperopt.core.hyper_optimizers import AdaptiveStep, HyperOptimizer, PaperStep
-from lightning_hyperopt.core.hyperparameters import Hyperparameter, L2Penalty, WeightDecay
+from lightning_hyperopt.core.hyperparameters import (
+    Hyperparameter,
+    L2Penalty,
+    WeightDecay,
+    find_hyperparameters,
+)
 from lightning_hyperopt.core.methods import (
     METHODS,
     Clip,
@@ -27,6 +32,6 @@ __all__ = [
     "TangentEngine",
     "Unroll",
     "WeightDecay",
-    "check_optimizer",
+    "find_hyperparameters",
     "resolve_method",
 ]

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from lightning_hyperopt.core.arguments import positive
 from lightning_hyperopt.core.functional import from_space, space_slope, to_space
 
 __all__ = [
@@ -102,8 +103,8 @@ class AdaptiveStep(HyperOptimizer):
         max_step: float = 0.1,
         eps: float = 1e-30,
     ) -> None:
-        self.lr = _positive("lr", lr)
-        self.max_step = _positive("max_step", max_step)
+        self.lr = positive("lr", lr)
+        self.max_step = positive("max_step", max_step)
         beta1, beta2 = (float(b) for b in betas)
         if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
             raise ValueError(f"betas={betas!r} must both be in [0, 1)")
@@ -179,10 +180,3 @@ def space_masks(
         return flags[0] if len(set(flags)) == 1 else torch.tensor(flags, device=device)
 
     return mask("log"), mask("logit")
-
-
-def _positive(name: str, value: float) -> float:
-    value = float(value)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name}={value!r} must be a finite number > 0")
-    return value

@@ -16,14 +16,8 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from lightning_hyperopt.core.arguments import count, nonnegative
 from lightning_hyperopt.core.functional import Tangent, global_norm, project_l2_ball
-
-
-def _check_scale(name: str, value: float) -> float:
-    value = float(value)
-    if not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{name}={value!r} must be a finite number >= 0")
-    return value
 
 
 class HyperMethod:
@@ -62,7 +56,7 @@ class HyperMethod:
 
     def _set_hyper_step(self, value: float | None) -> None:
         name = self._hyper_step_arg
-        setattr(self, name, None if value is None else _check_scale(name, value))
+        setattr(self, name, None if value is None else nonnegative(name, value))
 
     @property
     def hyper_step_given(self) -> bool:
@@ -134,9 +128,7 @@ class Unroll(HyperMethod):
     """
 
     def __init__(self, steps: int = 1, hyper_lr_scale: float | None = None) -> None:
-        if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-            raise ValueError(f"steps={steps!r} must be an integer K >= 1")
-        self.steps = int(steps)
+        self.steps = count("steps", steps, 1, symbol="K")
         self._set_hyper_step(hyper_lr_scale)
 
     def resets_at(self, step: int) -> bool:

@@ -19,7 +19,6 @@ The carried states are not saved in checkpoints: a resumed run restarts them fro
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Any
 
 import pytorch_lightning as pl
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics.text import Perplexity
 
+from lightning_hyperopt.core.arguments import positive
 from lightning_hyperopt.core.dropout import KeepProbability, TunableDropout
 from lightning_hyperopt.data._files import int_at_least
 
@@ -37,13 +37,6 @@ Batch = tuple[Tensor, Tensor]  # (input, target) token ids, (batch, time)
 
 def _detached(state: State) -> State:
     return [(h.detach(), c.detach()) for h, c in state]
-
-
-def _positive(name: str, value: float) -> float:
-    value = float(value)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name}={value!r} must be a finite number > 0")
-    return value
 
 
 class _LSTMLanguageModelLogic:
@@ -72,12 +65,12 @@ class _LSTMLanguageModelLogic:
         hidden_size = int_at_least("hidden_size", hidden_size, 1)
         embedding_size = int_at_least("embedding_size", embedding_size or hidden_size, 1)
         num_layers = int_at_least("num_layers", num_layers, 1)
-        self.lr = _positive("lr", lr)
+        self.lr = positive("lr", lr)
         if not 0.0 < lr_decay <= 1.0:
             raise ValueError(f"lr_decay={lr_decay!r} must be in (0, 1]")
         self.lr_decay = float(lr_decay)
         self.lr_decay_every = int_at_least("lr_decay_every", lr_decay_every, 1)
-        init_scale = _positive("init_scale", init_scale)
+        init_scale = positive("init_scale", init_scale)
 
         def keep() -> KeepProbability:
             return KeepProbability(keep_prob, keep_bounds, eps=keep_eps)

@@ -21,18 +21,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from lightning_hyperopt.core.arguments import positive
 from lightning_hyperopt.core.dropout import KeepProbability, TunableDropout
 from lightning_hyperopt.core.hyperparameters import L2Penalty, Parameterization, WeightDecay
 
 #: the range a tuned keep probability stays in (KeepProbability's default bounds)
 KEEP_BOUNDS = (0.1, 1.0)
-
-
-def _positive(name: str, value: float) -> float:
-    value = float(value)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name}={value!r} must be a finite number > 0")
-    return value
 
 
 class _MLPLogic:
@@ -60,8 +54,8 @@ class _MLPLogic:
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.lr = _positive("lr", lr)
-        self.final_lr = _positive("final_lr", final_lr)
+        self.lr = positive("lr", lr)
+        self.final_lr = positive("final_lr", final_lr)
         if decay_steps is not None and (isinstance(decay_steps, bool) or decay_steps < 1):
             raise ValueError(f"decay_steps={decay_steps!r} must be an integer >= 1 or None")
         self.decay_steps = decay_steps

@@ -278,7 +278,7 @@ def test_perturbation_is_undone_and_leaves_the_global_rng():
 
 
 def test_shared_keep_probability_is_one_hyperparameter():
-    from lightning_hyperopt.callback import find_hyperparameters
+    from lightning_hyperopt.core.hyperparameters import find_hyperparameters
 
     keep = KeepProbability(0.8)
     net = nn.Sequential(

@@ -233,17 +233,17 @@ def test_reset_steps_skip_the_hessian_vector_product(data, monkeypatch):
     """Right after UnrollK's reset y = 0, so H y = 0: no double back-prop on those steps
     (L2Penalty's ∂g/∂λ is closed-form), and a finite-difference λ needs only its two perturbed
     replays at every step; both give the same tangent at every step."""
-    from lightning_hyperopt.core import engine as engine_module
+    from lightning_hyperopt.core import functional as functional_module
 
     x, y, _, _ = data
     products = []
-    original = engine_module.second_order_drift
+    original = functional_module.second_order_drift
 
     def counting(*args, **kwargs):
         products[-1] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(engine_module, "second_order_drift", counting)
+    monkeypatch.setattr(functional_module, "second_order_drift", counting)
     tangents, replays, per_kind = [], [], []
     for penalty in (L2Penalty(0.05), FiniteDifferenceScale(0.05, eps=1e-3)):
         net = Net(0.05)

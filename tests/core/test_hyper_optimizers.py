@@ -96,12 +96,15 @@ def test_keep_probability_moves_in_probability_space(start):
     engine = TangentEngine(
         Exact(), {"keep": keep}, torch.optim.SGD([w], lr=0.1), hyper_optimizer=AdaptiveStep(0.1)
     )
-    assert engine._spaces == (False, False)  # identity
+    assert engine.hyper_step.spaces == (False, False)  # identity
     values = torch.tensor([start], dtype=f64)
     u = engine.hyper_optimizer.step(
-        to_space(values, *engine._spaces), torch.tensor([2.0], dtype=f64), 0.0, torch.tensor([True])
+        to_space(values, *engine.hyper_step.spaces),
+        torch.tensor([2.0], dtype=f64),
+        0.0,
+        torch.tensor([True]),
     )
-    assert float(from_space(u, *engine._spaces)) == pytest.approx(start - 0.1)
+    assert float(from_space(u, *engine.hyper_step.spaces)) == pytest.approx(start - 0.1)
 
 
 def test_a_penalty_at_zero_cannot_start_in_log_space():

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from lightning_hyperopt.core import Exact, Hyperparameter, L2Penalty, TangentEngine, WeightDecay
-from lightning_hyperopt.core.engine import GradientClipping
+from lightning_hyperopt.core.optim import GradientClipping
 
 f64 = torch.float64
 DELTA = 1e-6

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_hyperopt import OnlineHyperparamCallback
 from lightning_hyperopt.bench.records import bare_trainer
-from lightning_hyperopt.callback import find_hyperparameters
+from lightning_hyperopt.core.hyperparameters import find_hyperparameters
 from lightning_hyperopt.models import for_namespace
 from lightning_hyperopt.models.lstm_lm import LSTMLanguageModel
 from lightning_hyperopt.models.mlp import MLP

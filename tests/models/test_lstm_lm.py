@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from lightning_hyperopt import Clip, Exact, FirstOrder, LSTMLanguageModel, OnlineHyperparamCallback
-from lightning_hyperopt.callback import find_hyperparameters
+from lightning_hyperopt.core.hyperparameters import find_hyperparameters
 from lightning_hyperopt.data import BPTTChunks, batchify
 
 VOCAB = 23

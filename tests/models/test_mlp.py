@@ -8,9 +8,8 @@ from data.test_mnist import write_mnist
 from torch.nn import functional as F
 
 from lightning_hyperopt import OnlineHyperparamCallback
-from lightning_hyperopt.callback import find_hyperparameters
 from lightning_hyperopt.core.dropout import KeepProbability
-from lightning_hyperopt.core.hyperparameters import L2Penalty
+from lightning_hyperopt.core.hyperparameters import L2Penalty, find_hyperparameters
 from lightning_hyperopt.models.mlp import MLP
 
 CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs" / "mnist"

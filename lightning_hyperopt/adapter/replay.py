@@ -1,0 +1,117 @@
+"""``StepReplay``: the training step's batches and RNG state, kept for the finite-difference
+replays of a dropout keep probability.
+
+    capture (on_train_batch_start)  the batch and the RNG state the training step will draw from
+    commit (on_after_backward)      only micro-batches whose loss reached the gradient
+    losses()                        training_loss(batch) / accumulate_grad_batches per committed
+                                    micro-batch, drawn from its own RNG state: the step's masks
+
+The replays' side effects on buffers (batch-norm running statistics and counters) are undone:
+the training step already updated them once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_hyperopt.adapter.fit_plan import FitPlan, LightningModule, Trainer
+from lightning_hyperopt.core.arguments import check_probed_loss
+from lightning_hyperopt.core.hyperparameters.base import Hyperparameter
+from lightning_hyperopt.core.kernels import native_rnn_kernels
+
+Captured = tuple[Any, Tensor, Tensor | None]
+
+
+@contextlib.contextmanager
+def restoring_buffers(module: torch.nn.Module) -> Iterator[None]:
+    """Undo the replay's side effects on buffers (batch-norm running statistics and counters):
+    the training step already updated them once."""
+    saved = [
+        (b, b.clone())
+        for m in module.modules()
+        if not isinstance(m, Hyperparameter)
+        for b in m.buffers(recurse=False)
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, copy in saved:
+                b.copy_(copy)
+
+
+def _devices(pl_module: LightningModule) -> list[torch.device]:
+    return [pl_module.device] if pl_module.device.type == "cuda" else []
+
+
+class StepReplay:
+    """The micro-batches of the current optimizer step, replayable with their own randomness."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self._native_rnn = False
+        self._probe = False
+        self._pending: Captured | None = None
+        self._stash: list[Captured] = []
+
+    def start(self, plan: FitPlan) -> None:
+        """A new fit: replays only when some hyperparameter needs them; the first captured
+        batch probes ``training_loss`` first."""
+        self.enabled, self._native_rnn = plan.replays, plan.native_rnn
+        self._probe = plan.replays
+        self.clear()
+
+    def capture(self, trainer: Trainer, pl_module: LightningModule, batch: Any) -> None:
+        """Before the training step: its batch and the RNG state it will draw from."""
+        if not self.enabled:
+            return
+        if self._probe:
+            self._probe = False
+            self.probe(trainer, pl_module, batch)
+        cuda = torch.cuda.get_rng_state() if pl_module.device.type == "cuda" else None
+        self._pending = (batch, torch.get_rng_state(), cuda)
+
+    def commit(self) -> None:
+        """After a backward: the captured micro-batch reached the gradient (a training_step
+        returning None has no backward, and is not replayed)."""
+        if self._pending is not None:
+            self._stash.append(self._pending)
+            self._pending = None
+
+    def clear(self) -> None:
+        self._stash.clear()
+
+    def losses(self, trainer: Trainer, pl_module: LightningModule) -> Iterator[Tensor]:
+        """The committed micro-batches' training losses again, each with its own RNG state
+        (scaled like the originals)."""
+        devices = _devices(pl_module)
+        scale = trainer.accumulate_grad_batches
+        for batch, cpu_state, cuda_state in self._stash:
+            kernels = native_rnn_kernels() if self._native_rnn else contextlib.nullcontext()
+            with torch.random.fork_rng(devices=devices), kernels:
+                torch.set_rng_state(cpu_state)
+                if cuda_state is not None:
+                    torch.cuda.set_rng_state(cuda_state, pl_module.device)
+                with trainer.precision_plugin.forward_context():
+                    loss = pl_module.training_loss(batch)
+            yield loss / scale
+
+    def replaying(self, pl_module: LightningModule) -> contextlib.AbstractContextManager:
+        """The context the replays run in: buffers restored afterwards."""
+        return restoring_buffers(pl_module) if self.enabled else contextlib.nullcontext()
+
+    def probe(self, trainer: Trainer, pl_module: LightningModule, batch: Any) -> None:
+        """``training_loss`` on the first training batch, before its step: a finite scalar."""
+        with (
+            torch.random.fork_rng(devices=_devices(pl_module)),
+            restoring_buffers(pl_module),
+            torch.no_grad(),
+            trainer.precision_plugin.forward_context(),
+        ):
+            loss = pl_module.training_loss(batch)
+        check_probed_loss("training_loss", loss)

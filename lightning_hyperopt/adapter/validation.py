@@ -1,0 +1,208 @@
+"""``ValidationStream``: the endless stream of validation batches g_V is drawn from, and the
+validation loss on them.
+
+    L_V(θ) = module.validation_loss(batch),   batch = the next of this process's share
+
+computed in eval mode (dropout off, batch-norm running statistics, every buffer left as it was)
+with a graph to the parameters. The stream is the module's or datamodule's
+``hyperopt_dataloader()``, else the validation dataloader, drawn with a seed per pass (the
+global RNG is left alone, and shuffling is the same after a resume) and independent of
+Lightning's own validation loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from lightning_utilities.core.apply_func import apply_to_collection
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from lightning_hyperopt._lightning import namespace_of
+from lightning_hyperopt.adapter.fit_plan import FitPlan, LightningModule, Trainer
+from lightning_hyperopt.core.arguments import check_probed_loss
+from lightning_hyperopt.core.kernels import native_rnn_kernels
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module, plain: bool = False) -> Iterator[None]:
+    """Eval behaviour (dropout off, batch-norm running statistics), restoring each flag.
+
+    ``plain``: no module in the tree overrides ``train()``, so the flags are set directly
+    (``nn.Module.__setattr__``'s bookkeeping costs more than the flag)."""
+    modes = [(m, m.training) for m in module.modules()]
+    if plain:
+        for m, _ in modes:
+            object.__setattr__(m, "training", False)
+    else:
+        module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            if m.training is not training:
+                object.__setattr__(m, "training", training)
+
+
+def move_data_to_device(batch: Any, device: torch.device) -> Any:
+    """The tensors of ``batch`` on ``device`` (what Lightning's default transfer hook does)."""
+    return apply_to_collection(batch, Tensor, lambda t: t.to(device, non_blocking=True))
+
+
+def find_loader(trainer: Trainer, pl_module: LightningModule) -> Any:
+    """``hyperopt_dataloader()`` of the datamodule or module, else the fit's validation
+    dataloader (there must be exactly one)."""
+    for owner in (trainer.datamodule, pl_module):
+        hook = getattr(owner, "hyperopt_dataloader", None)
+        if callable(hook):
+            return hook()
+    source = getattr(trainer.fit_loop.epoch_loop.val_loop, "_data_source", None)
+    loader = source.dataloader() if source is not None and source.is_defined() else None
+    if isinstance(loader, list | tuple):
+        if len(loader) != 1:
+            raise ValueError(
+                f"{len(loader)} validation dataloaders: define `hyperopt_dataloader()` on "
+                "the datamodule or module to say which one g_V is drawn from"
+            )
+        loader = loader[0]
+    if loader is None:
+        raise ValueError(
+            "OnlineHyperparamCallback needs validation data for g_V: define "
+            "`hyperopt_dataloader()` or `val_dataloader()` on the datamodule or module, or "
+            "pass `val_dataloaders` to `trainer.fit`"
+        )
+    return loader
+
+
+def _private_iterator(loader: Any) -> Iterator[Any]:
+    """An iterator of our own: a DataLoader with persistent workers hands every ``iter()`` the
+    same iterator, which Lightning's validation loop would reset under us."""
+    if isinstance(loader, DataLoader) and loader.persistent_workers and loader.num_workers > 0:
+        return loader._get_iterator()
+    return iter(loader)
+
+
+class ValidationStream:
+    """This process's share of the endless validation stream, and L_V on its batches.
+
+    State (checkpointed): the shuffling seed, the pass, and the batches of the pass drawn so
+    far. Under DDP the stream is dealt out in blocks of W batches (W processes): process r
+    keeps the r-th batch of each block and every process draws the whole block, so all of them
+    stay at the same position; a pass's last, incomplete block is dropped by all.
+    """
+
+    def __init__(self) -> None:
+        self.loader: Any = None
+        self.seed = 0
+        self.passes = 0
+        self.index = 0
+        self._iter: Iterator[Any] | None = None
+        self._plan: FitPlan | None = None
+
+    def start(
+        self, trainer: Trainer, pl_module: LightningModule, plan: FitPlan, state: dict | None
+    ) -> None:
+        """Find the loader; the seed is rank 0's (so the processes' shares partition the
+        stream), or the checkpoint's with its position."""
+        self._plan = plan
+        self.loader = find_loader(trainer, pl_module)
+        self.seed = int(trainer.strategy.broadcast(int(torch.initial_seed()) % (2**62)))
+        self.passes, self.index = 0, 0
+        if state is not None:
+            self.load_state_dict(state)
+        self._iter = None
+
+    def next_batch(self) -> Any:
+        """The next batch of this process's share, reproducible across resumes."""
+        plan = self._plan
+        assert plan is not None
+        for _ in range(2):
+            try:
+                if self._iter is None:
+                    # a seed per pass: shuffling is reproducible after resume and the global RNG
+                    # (dropout masks of the training steps) is left untouched. Samplers draw
+                    # their order lazily, at the first batch, so that batch is drawn here too.
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(self.seed + self.passes)
+                        self._iter = _private_iterator(self.loader)
+                        for _ in range(self.index):
+                            next(self._iter)
+                        block = [next(self._iter)]
+                else:
+                    block = [next(self._iter)]
+                block += [next(self._iter) for _ in range(plan.world - 1)]
+            except StopIteration:
+                self._iter, self.passes, self.index = None, self.passes + 1, 0
+                continue
+            self.index += plan.world
+            return block[plan.rank]
+        raise ValueError(
+            "the validation dataloader for OnlineHyperparamCallback is empty"
+            + (f" or has fewer batches than the {plan.world} processes" if plan.world > 1 else "")
+        )
+
+    def loss(self, trainer: Trainer, pl_module: LightningModule, batch: Any = None) -> Tensor:
+        """L_V on ``batch`` (default: the stream's next), with a graph to the parameters."""
+        plan = self._plan
+        assert plan is not None
+        batch = trainer.precision_plugin.convert_input(
+            self.next_batch() if batch is None else batch
+        )
+        if plan.transfer_hooks:
+            # the batch-transfer hooks see a validation batch (`trainer.validating`), so
+            # training-only augmentation there leaves g_V's batches alone
+            stage = trainer.state.stage
+            trainer.state.stage = namespace_of(trainer).trainer.states.RunningStage.VALIDATING
+            try:
+                batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+                batch = trainer.strategy.batch_to_device(batch)
+            finally:
+                trainer.state.stage = stage
+        elif pl_module.device.type != "cpu":  # what the default hooks would do, minus their cost
+            batch = move_data_to_device(batch, pl_module.device)
+        # cuDNN's RNN has no backward in eval mode: g_V of an RNN runs on the native kernels
+        kernels = native_rnn_kernels() if plan.native_rnn else contextlib.nullcontext()
+        with (
+            eval_mode(pl_module, plan.plain_train),
+            kernels,
+            trainer.precision_plugin.forward_context(),
+        ):
+            return pl_module.validation_loss(batch)
+
+    def probe(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """One validation batch through ``validation_loss`` before any training step: a batch
+        the hook cannot take, or a loss that is not a finite scalar with a graph, fails now,
+        not at the first λ update (after the warm-up)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            try:
+                batch = next(iter(self.loader))  # a throw-away pass, seeded like pass 0
+            except StopIteration:
+                raise ValueError(
+                    "the validation dataloader for OnlineHyperparamCallback is empty"
+                ) from None
+            try:
+                with torch.enable_grad():
+                    loss = self.loss(trainer, pl_module, batch)
+            except Exception as err:
+                raise ValueError(
+                    f"validation_loss failed on a batch of the validation dataloader before "
+                    f"training started: {type(err).__name__}: {err}"
+                ) from err
+        check_probed_loss("validation_loss", loss)
+        if not loss.requires_grad:
+            raise ValueError(
+                "validation_loss returned a tensor without a graph to the parameters: compute "
+                "it from the model's outputs (g_V is its gradient)"
+            )
+
+    def state_dict(self) -> dict[str, int]:
+        return {"val_seed": self.seed, "val_pass": self.passes, "val_index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed = int(state["val_seed"])
+        self.passes = int(state["val_pass"])
+        self.index = int(state["val_index"])

@@ -1,0 +1,129 @@
+"""``HyperStep``: when λ moves, and how far, once its hypergradient is known (the one owner of the
+hyper optimizer's state).
+
+    should_update(t)   after step t: t ≥ warm-up, the method updates at t (an update point),
+                       and the point is the k-th since the last move (``hyper_every`` = k)
+    propose(λ, h)      g_u = h · dλ/du in each row's space u = φ(λ); u ← the hyper optimizer's
+                       step; λ ← clip(φ⁻¹(u), low, high)
+
+The spaces are the hyperparameters' declared parameterizations for the paper's rule, their
+natural ones for the adaptive rule (see :class:`~lightning_hyperopt.core.hyper_optimizers.
+HyperOptimizer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_hyperopt.core.arguments import count
+from lightning_hyperopt.core.functional import from_space, space_slope, to_space
+from lightning_hyperopt.core.hyper_optimizers import (
+    HyperOptimizer,
+    resolve_hyper_optimizer,
+    space_masks,
+)
+from lightning_hyperopt.core.hyperparameters.base import Hyperparameter
+from lightning_hyperopt.core.methods import HyperMethod
+
+
+class HyperStep:
+    """The λ step: schedule, spaces, bounds and the hyper optimizer, over m rows.
+
+    Args:
+        method: the tuning method (when it updates; the paper rule's α_t).
+        spaces: each row's space u = φ(λ) (``"identity"``, ``"log"``, ``"logit"``).
+        bounds: each row's (low, high).
+        hyper_optimizer: an instance, a name, or ``None`` (see
+            :func:`~lightning_hyperopt.core.hyper_optimizers.resolve_hyper_optimizer`); its
+            state starts afresh (a checkpoint's is loaded by :meth:`load_state_dict`).
+        warmup_steps: λ is not updated after steps t < warmup_steps.
+        hyper_every: k ≥ 1: move λ on every k-th update point only; the paper rule's step is
+            multiplied by k.
+        like: a tensor with the device and dtype of λ.
+    """
+
+    def __init__(
+        self,
+        method: HyperMethod,
+        spaces: Sequence[str],
+        bounds: Sequence[tuple[float, float]],
+        hyper_optimizer: HyperOptimizer | str | None,
+        warmup_steps: int = 0,
+        hyper_every: int = 1,
+        like: Tensor | None = None,
+    ) -> None:
+        self.method = method
+        self.warmup_steps = count("warmup_steps", warmup_steps, 0)
+        self.hyper_every = count("hyper_every", hyper_every, 1)
+        self.optimizer = resolve_hyper_optimizer(hyper_optimizer, method)
+        self.optimizer.load_state_dict({})  # a fresh start: no moments yet
+        like = torch.zeros((), dtype=torch.float64) if like is None else like
+        self.spaces = space_masks(spaces, like.device)  # type: ignore[arg-type]
+        bounds_ = torch.tensor(list(bounds), dtype=like.dtype, device=like.device)
+        self.low, self.high = bounds_[:, 0], bounds_[:, 1]
+        self.update_points = 0  # steps after the warm-up at which the method updates λ
+        self._counted_point = -1
+
+    @classmethod
+    def of(
+        cls,
+        method: HyperMethod,
+        names: Sequence[str],
+        hypers: Sequence[Hyperparameter],
+        hyper_optimizer: HyperOptimizer | str | None,
+        warmup_steps: int = 0,
+        hyper_every: int = 1,
+    ) -> HyperStep:
+        """The λ step of these hyperparameters: their declared spaces for the paper's rule,
+        their natural ones for the adaptive rule; a λ that cannot move in its space (0 in log
+        space) is an error."""
+        optimizer = resolve_hyper_optimizer(hyper_optimizer, method)
+        natural = optimizer.space == "natural"
+        spaces = [h.natural_space if natural else h.parameterization for h in hypers]
+        for name, h, space in zip(names, hypers, spaces):
+            value = float(h.value)
+            if space == "log" and not value > 0:
+                raise ValueError(
+                    f"{type(optimizer).__name__} moves {name!r} in log space, where "
+                    f"λ = {value:g} cannot move: start it at a positive value (e.g. 1e-4)"
+                )
+        bounds = [h.bounds for h in hypers]
+        like = hypers[0].value
+        return cls(method, spaces, bounds, optimizer, warmup_steps, hyper_every, like)
+
+    def should_update(self, step: int) -> bool:
+        """Whether λ moves after the step just taken (t = step − 1): after the warm-up, when
+        the method updates (an update point), and on every ``hyper_every``-th update point."""
+        t = step - 1
+        if t < 0 or t < self.warmup_steps or not self.method.updates_at(t):
+            return False
+        if self._counted_point != t:  # count each update point once
+            self._counted_point = t
+            self.update_points += 1
+        return self.update_points % self.hyper_every == 0
+
+    def step(
+        self, values: Tensor, hypergradient: Tensor, lr: float, step_ok: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """(the new λ inside the bounds, the rows that moved): g_u = h · dλ/du, a row moves
+        where g_u is finite after a good step (``step_ok``); the paper rule's α_t is the
+        method's step at learning rate ``lr``, times ``hyper_every``."""
+        log, logit = self.spaces
+        grad = hypergradient.to(values.dtype) * space_slope(values, log, logit)
+        rows = torch.isfinite(grad) & step_ok
+        alpha = self.method.hyper_step(lr) * self.hyper_every
+        u = self.optimizer.step(to_space(values, log, logit), grad, alpha, rows)
+        new = torch.minimum(torch.maximum(from_space(u, log, logit), self.low), self.high)
+        return new, rows
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"update_points": self.update_points, "hyper_optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any], step: int) -> None:
+        self.update_points = int(state["update_points"])
+        self._counted_point = step - 1
+        self.optimizer.load_state_dict(state.get("hyper_optimizer", {}))

@@ -1,0 +1,174 @@
+"""The drift terms of one step, row by row, by each hyperparameter's drift source.
+
+The tangent's drift G_j = H y_j + ∂g_T/∂λ_j gets its ∂g_T/∂λ_j by the hyperparameter's drift
+source (:mod:`lightning_hyperopt.core.hyperparameters.base`):
+
+    autograd            taken in the backward itself, from the loss's graph
+                        (:class:`~lightning_hyperopt.core.window.DriftWindow`: ``graph_rows``)
+    closed_form         the kind's own :meth:`~Hyperparameter.closed_form_drift`, from what it
+                        recorded while the step's losses were built and back-propagated
+    finite_difference   (g_T(λ₊) − g_T(λ₋)) / (λ₊ − λ₋), from two replays of the step's losses
+                        that share one seed (coupled random draws; see ``Hyperparameter.perturbed``)
+    optimizer           no drift term: the tangents of the param-group settings λ sets
+                        (``settings``), which the optimizer's tangent rule differentiates
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from lightning_hyperopt.core.hyperparameters.base import Hyperparameter
+    from lightning_hyperopt.core.optim.layout import FlatLayout
+    from lightning_hyperopt.core.optim.rule import SettingTangents
+
+Replay = Callable[[], Iterable[Tensor]]
+
+
+@dataclass(frozen=True)
+class TermContext:
+    """What a drift term sees of the step: row ``row`` (λ named ``name``) at step ``step``,
+    the optimized parameters' ``layout`` and each one's position (``index``: id → i)."""
+
+    name: str
+    row: int
+    step: int
+    layout: FlatLayout
+    index: Mapping[int, int]
+
+
+def add_closed_form(
+    drift: Tensor,
+    rows: Sequence[int],
+    hypers: Sequence[Hyperparameter],
+    contexts: Sequence[TermContext],
+) -> None:
+    """drift[j] += ∂g_T/∂λ_j for the closed-form rows (in place)."""
+    for j in rows:
+        hypers[j].closed_form_drift(drift[j], contexts[j])
+
+
+def add_finite_differences(
+    drift: Tensor,
+    rows: Sequence[int],
+    hypers: Sequence[Hyperparameter],
+    contexts: Sequence[TermContext],
+    replay: Replay,
+) -> None:
+    """drift[j] += (g_T(λ₊) − g_T(λ₋)) / (λ₊ − λ₋) for the finite-difference rows (in place),
+    each from two replays of the step's losses sharing one seed, reproducible across resumes."""
+    from lightning_hyperopt.core.hyperparameters.base import not_recorded
+
+    for j in rows:
+        h, context = hypers[j], contexts[j]
+        params, layout = context.layout.params, context.layout
+        seed = (context.step * 1_000_003 + j) % (2**62)
+        grads, used = [], []
+        for sign in (+1, -1):
+            acc: list[Tensor | None] = [None] * len(params)
+            with h.perturbed(sign, seed) as value, not_recorded():
+                for loss in replay():
+                    got = torch.autograd.grad(loss, params, allow_unused=True)
+                    for i, g in enumerate(got):
+                        if g is not None:
+                            acc[i] = g if acc[i] is None else acc[i] + g
+            grads.append(layout.flatten(acc))
+            used.append(value)
+        drift[j].add_((grads[0] - grads[1]) / (used[0] - used[1]))
+
+
+def setting_tangents(
+    names: Sequence[str],
+    hypers: Sequence[Hyperparameter],
+    optimizer: torch.optim.Optimizer,
+    layout: FlatLayout,
+) -> SettingTangents:
+    """Per param group, the tangent (m,) of each setting a hyperparameter sets: row j holds
+    ∂setting/∂λ_j. Each hyperparameter is checked against the optimizer first; two setting
+    one group's same setting are an error."""
+    dots: dict[int, dict[str, Tensor]] = {}
+    owner: dict[tuple[int, str], str] = {}
+    for j, (name, h) in enumerate(zip(names, hypers)):
+        h.check_optimizer(optimizer, name)
+        if h.drift_source != "optimizer":
+            continue
+        for group, key, scale in h.optimizer_settings():
+            if (group, key) in owner:
+                raise ValueError(
+                    f"two {type(h).__name__} hyperparameters tune param group {group}'s "
+                    f"{key} ({owner[group, key]!r} and {name!r})"
+                )
+            owner[group, key] = name
+            e = torch.zeros(len(hypers), dtype=layout.dtype, device=layout.device)
+            e[j] = scale
+            dots.setdefault(group, {})[key] = e
+    return dots
+
+
+class DriftTerms:
+    """The rows of each drift source, and the terms the engine adds before the optimizer step.
+
+    Args:
+        names, hypers: the hyperparameters, one row each.
+        optimizer: the optimizer whose settings the ``optimizer`` rows set.
+        layout: the optimized parameters.
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        hypers: Sequence[Hyperparameter],
+        optimizer: torch.optim.Optimizer,
+        layout: FlatLayout,
+    ) -> None:
+        self.names, self.hypers, self.layout = list(names), list(hypers), layout
+        rows: dict[str, list[int]] = {"autograd": [], "closed_form": [], "finite_difference": []}
+        for j, h in enumerate(hypers):
+            rows.setdefault(h.drift_source, []).append(j)
+        #: (row, λ's value, name) of the hyperparameters in the loss's graph
+        self.graph_rows = [(j, hypers[j].value, names[j]) for j in rows["autograd"]]
+        self.closed_form_rows = rows["closed_form"]
+        self.finite_difference_rows = rows["finite_difference"]
+        self.settings = setting_tangents(names, hypers, optimizer, layout)
+        self._index = {id(p): i for i, p in enumerate(layout.params)}
+        self._zeros: Tensor | None = None  # a drift buffer for steps without graph terms
+
+    def complete(
+        self,
+        drift: Tensor | None,
+        rows: int,
+        step: int,
+        loss_scale: Tensor | float | None,
+        replay: Replay | None,
+    ) -> Tensor:
+        """The step's drift (m, N): the graph's terms ``drift`` (``None``: none), plus the
+        closed-form terms, divided by the loss scale the back-propagated losses carried, plus
+        the finite differences of ``replay``'s (unscaled) losses."""
+        if drift is None:  # no term from the graph (first order with closed-form λ): reuse
+            if self._zeros is None:
+                self._zeros = torch.zeros(
+                    rows, self.layout.numel, dtype=self.layout.dtype, device=self.layout.device
+                )
+            drift = self._zeros.zero_()
+        contexts = [
+            TermContext(name, j, step, self.layout, self._index)
+            for j, name in enumerate(self.names)
+        ]
+        add_closed_form(drift, self.closed_form_rows, self.hypers, contexts)
+        if loss_scale is not None:
+            drift = drift / loss_scale
+        if self.finite_difference_rows:
+            if replay is None:
+                raise ValueError(
+                    "finite-difference hyperparameters "
+                    f"{[self.names[j] for j in self.finite_difference_rows]} need `replay`"
+                )
+            add_finite_differences(
+                drift, self.finite_difference_rows, self.hypers, contexts, replay
+            )
+        return drift
