@@ -1,11 +1,13 @@
-"""Table 1 of the paper: the quadratic problem, vectorized over the repeats, on the core engine.
+"""Table 1 of the paper: the quadratic problem, vectorized over the repeats, on the engine's parts.
 
 The R repeats are stacked in one (R, d) parameter θ with one λ_r per row, and
 L = Σ_r L_T,r(θ_r, λ_r). The Hessian of L is block-diagonal, so ONE double back-prop of
 ⟨∇_θ L, y⟩ + Σ_r ∂L/∂λ_r gives every row's H_r y_r + ∂g_r/∂λ_r at once: the drift comes from
 :func:`~lightning_hyperopt.core.functional.tangent_drift` with a 0-dim "shift" s = 0 added to
-every λ_r (∂L/∂s = Σ_r ∂L/∂λ_r). The tangent step, the method's resets, row-wise projection
-and hyper step, and the λ update are the core's (:mod:`lightning_hyperopt.core`), in the order
+every λ_r (∂L/∂s = Σ_r ∂L/∂λ_r). Everything else is the engine's own implementation on R rows
+instead of m: the method's resets and row-wise projection, the optimizer's tangent rule (torch
+SGD's stages, :mod:`lightning_hyperopt.core.optim.sgd`), and the λ step with its schedule
+(:class:`~lightning_hyperopt.core.hyper_step.HyperStep`, the paper's rule), in the order
 :class:`~lightning_hyperopt.core.engine.TangentEngine` applies them; a test checks that both
 give the same λ trajectory.
 
@@ -28,13 +30,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_hyperopt.core.functional import (
-    hyperparameter_step,
-    inner,
-    sgd_tangent,
-    tangent_drift,
-)
+from lightning_hyperopt.core.functional import inner, tangent_drift
+from lightning_hyperopt.core.hyper_optimizers import PaperStep
+from lightning_hyperopt.core.hyper_step import HyperStep
 from lightning_hyperopt.core.methods import Clip, Exact, FirstOrder, HyperMethod, Unroll
+from lightning_hyperopt.core.optim.sgd import SGD_RULE
+from lightning_hyperopt.core.optim.stages import GroupStep
 from lightning_hyperopt.problems.quadratic import (
     DEFAULT_SPECTRUM,
     QuadraticInstance,
@@ -103,6 +104,19 @@ class VectorizedRun:
     seconds: float = 0.0
 
 
+def plain_sgd_step(
+    tangent: Tensor | None, drift: Tensor, lr: float
+) -> tuple[Tensor | None, Tensor]:
+    """(y', δ) through one step of plain ``torch.optim.SGD`` at learning rate ``lr``, by the
+    engine's own SGD stages, on tangents with one row per problem (``tangent`` ``None``: y = 0,
+    first order)."""
+    group = {"lr": lr, "weight_decay": 0.0, "momentum": 0.0, "dampening": 0.0, "nesterov": False}
+    s = GroupStep(group, [{}], None, tangent, drift, None, None, {}, {"momentum_buffer": None})  # type: ignore[arg-type]
+    for stage in SGD_RULE.stages(group):
+        stage(s)
+    return s.y_new, s.delta
+
+
 def run_vectorized(
     problem: QuadraticInstance,
     method: HyperMethod,
@@ -118,9 +132,10 @@ def run_vectorized(
 
     Plain SGD from θ = 0, y = 0, λ = ``init_lambda``; ``schedule`` lists (steps, η) phases.
     Per step t, as :class:`TangentEngine` does: reset y if the method says so; y ← P(y − η G)
-    with G = H y + ∂g/∂λ (first order: keep G = ∂g/∂λ); θ ← θ − η g; then, after the warm-up
-    and when the method updates, λ ← clip(λ − α ⟨g_V(θ), y⟩) row by row (first order:
-    ⟨g_V, −G⟩). Snapshots are taken every ``record_every`` steps and at each phase's end.
+    with G = H y + ∂g/∂λ (first order: δ = ∂g/∂λ); θ ← θ − η g; then, when the λ step's
+    schedule says so (warm-up, the method's update points), λ ← clip(λ − α ⟨g_V(θ), y⟩) row
+    by row by the paper's rule (first order: ⟨g_V, −δ⟩). Snapshots are taken every
+    ``record_every`` steps and at each phase's end.
     """
     if record_every < 1:
         raise ValueError(f"record_every={record_every!r} must be an integer >= 1")
@@ -129,6 +144,11 @@ def run_vectorized(
     lam = torch.full(problem.lambda_star.shape, float(init_lambda), dtype=theta.dtype)
     shift = torch.zeros((), dtype=theta.dtype, requires_grad=True)
     y = torch.zeros_like(theta0)
+    rows = lam.shape[0]
+    hyper_step = HyperStep(
+        method, ["identity"] * rows, [bounds] * rows, PaperStep(), warmup_steps, like=lam
+    )
+    step_ok = torch.ones((), dtype=torch.bool)
     run = VectorizedRun()
     clipped_sum, clipped_n = 0.0, 0
     lrs = [lr for n_steps, lr in schedule for _ in range(n_steps)]
@@ -144,21 +164,19 @@ def run_vectorized(
         (g,) = torch.autograd.grad(loss, theta, retain_graph=True)
         tangents = [[y]] if method.uses_tangent else [None]
         ((drift,),) = tangent_drift(loss, [theta], [shift], tangents)
-        if method.uses_tangent:
-            direction, _ = sgd_tangent(drift)
-            y = y - lr * direction
-            (y,), _, clipped = method.project([y], batch_dim=0)
+        new, delta = plain_sgd_step(y if method.uses_tangent else None, drift, lr)
+        if new is not None:
+            (y,), _, clipped = method.project([new], batch_dim=0)
             if clipped is not None:
                 clipped_sum += float(clipped.double().mean())
                 clipped_n += 1
         with torch.no_grad():
             theta -= lr * g
-        if step >= warmup_steps and method.updates_at(step):
+        if hyper_step.should_update(step + 1):
             (g_val,) = torch.autograd.grad(problem.validation_loss(theta).sum(), theta)
-            direction = y if method.uses_tangent else -drift
+            direction = y if method.uses_tangent else -delta
             hypergradient = inner([g_val], [direction], batch_dim=0)
-            alpha = method.hyper_step(lr)
-            lam = hyperparameter_step(lam, hypergradient, alpha, "identity", bounds)
+            lam, _ = hyper_step.step(lam, hypergradient, lr, step_ok)
         done = step + 1
         if done % record_every == 0 or done in phase_ends:
             run.steps.append(done)

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from lightning_hyperopt.core.arguments import check_scalar_loss
+from lightning_hyperopt.core.checkpoint import engine_state, load_engine_state
 from lightning_hyperopt.core.hyper_optimizers import HyperOptimizer
 from lightning_hyperopt.core.hyper_step import HyperStep
 from lightning_hyperopt.core.hyperparameters.base import Hyperparameter, not_recorded
@@ -351,43 +352,7 @@ class TangentEngine:
     # --------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors, lists and numbers (accepted by torch's weights-only loading)."""
-        return {
-            "names": list(self.names),
-            "step": self.step,
-            "updates": self.updates,
-            "lr": self.lr,
-            "nonfinite": self.nonfinite,
-            "tangent": self.tangent.detach().clone(),
-            "optimizer_tangents": self.rule.state_dict(),
-            "direction": None if self.direction is None else self.direction.detach().clone(),
-            **self.hyper_step.state_dict(),
-        }
+        return engine_state(self)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if list(state["names"]) != self.names:
-            raise ValueError(
-                f"the checkpoint tunes hyperparameters {list(state['names'])} but the model "
-                f"declares {self.names}"
-            )
-        tangent = state.get("tangent")
-        if not isinstance(tangent, Tensor) or tuple(tangent.shape) != tuple(self.tangent.shape):
-            raise ValueError(
-                "the checkpoint's tangents do not match the model's parameters "
-                f"(expected a tensor of shape {tuple(self.tangent.shape)})"
-            )
-        like = self.tangent
-        self.rule.load_state_dict(state["optimizer_tangents"], like)
-        self.step = int(state["step"])
-        self.updates = int(state["updates"])
-        self.lr = float(state["lr"])
-        self.guard.counts.load([int(n) for n in state["nonfinite"]])
-        self.tangent = tangent.to(like.device, like.dtype)
-        direction = state.get("direction")
-        self.direction = None if direction is None else direction.to(like.device, like.dtype)
-        self.hyper_step.load_state_dict(
-            {
-                "update_points": state.get("update_points", self.updates),
-                "hyper_optimizer": state.get("hyper_optimizer", {}),
-            },
-            self.step,
-        )
+        load_engine_state(self, state)

@@ -316,24 +316,3 @@ def space_slope(values: Tensor, log: Mask, logit: Mask) -> Tensor:
         lambda: values,
         lambda: _where(logit, lambda: values * (1.0 - values), lambda: torch.ones_like(values)),
     )
-
-
-def hyperparameter_step(
-    value: Tensor,
-    hypergradient: Tensor,
-    step_size: float,
-    parameterization: str,
-    bounds: tuple[float, float],
-) -> Tensor:
-    """The paper's step on λ, kept inside its bounds: u ← u − α·h·dλ/du in u = φ(λ),
-
-        identity:  λ ← clip(λ − α·h, low, high)
-        log:       λ ← clip(exp(log λ − α·λ·h), low, high)   (h·λ = dL_V/d log λ)
-        logit:     λ ← clip(σ(logit λ − α·λ(1 − λ)·h), low, high)
-
-    h = dL_V/dλ is the hypergradient and α the hyper step.
-    """
-    h = hypergradient.to(value.dtype)
-    log, logit = parameterization == "log", parameterization == "logit"
-    u = to_space(value, log, logit) - step_size * h * space_slope(value, log, logit)
-    return from_space(u, log, logit).clamp(min=bounds[0], max=bounds[1])

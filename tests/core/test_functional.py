@@ -11,7 +11,6 @@ from lightning_hyperopt.core.functional import (
     clip_norm_tangent,
     clip_value_tangent,
     global_norm,
-    hyperparameter_step,
     inner,
     project_l2_ball,
     second_order_drift,
@@ -60,19 +59,6 @@ def test_projection_keeps_direction_and_is_idempotent():
     assert not bool(clipped)
     for a, b in zip(again, out):
         torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
-
-
-def test_hyperparameter_step_identity_and_log():
-    lam = torch.tensor(0.2, dtype=f64)
-    h = torch.tensor(3.0, dtype=f64)
-    assert float(hyperparameter_step(lam, h, 0.01, "identity", (0.0, 1.0))) == pytest.approx(0.17)
-    # log: u = log λ moves by −α·λ·h
-    expected = 0.2 * torch.exp(torch.tensor(-0.01 * 0.2 * 3.0, dtype=f64))
-    assert float(hyperparameter_step(lam, h, 0.01, "log", (1e-6, 1.0))) == pytest.approx(
-        float(expected), rel=1e-14
-    )
-    assert float(hyperparameter_step(lam, h, 1.0, "identity", (0.0, 1.0))) == 0.0  # clamped
-    assert float(hyperparameter_step(lam, -h, 1.0, "identity", (0.0, 1.0))) == 1.0
 
 
 def test_sgd_tangent_is_the_derivative_of_torch_sgd():
