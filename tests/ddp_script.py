@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from lightning_hyperopt import (
     Clip,
     L2Penalty,
+    LearningRate,
     OnlineHyperparamCallback,
     PaperStep,
     Unroll,
@@ -44,7 +45,8 @@ def data(seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
 
 
 class Net(pl.LightningModule):
-    """Float64 tanh MLP, an L2Penalty or SGD's weight decay; ``world`` processes each train on
+    """Float64 tanh MLP, an L2Penalty, SGD's weight decay or a LearningRate (``penalty``:
+    "l2", "wd", "lr"); ``world`` processes each train on
     their shard of the training set, with ``TRAIN_BATCH · 2 / world`` items per batch."""
 
     def __init__(
@@ -56,6 +58,8 @@ class Net(pl.LightningModule):
         self.penalty, self.world, self.momentum, self.dtype_ = penalty, world, momentum, dtype
         if penalty == "l2":
             self.l2 = L2Penalty(0.02)
+        elif penalty == "lr":
+            self.lr_scale = LearningRate(init=1.2)
         else:
             self.wd = WeightDecay(init=0.02)
 
@@ -87,6 +91,7 @@ class Net(pl.LightningModule):
 SCENARIOS = {
     "clip_l2": (lambda: Clip(5.0, 1.0), "l2"),
     "unroll_wd": (lambda: Unroll(3, 1.0), "wd"),
+    "clip_lr": (lambda: Clip(5.0, 1.0), "lr"),
 }
 
 

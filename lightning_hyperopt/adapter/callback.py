@@ -25,6 +25,7 @@ from lightning_hyperopt.adapter.fit_plan import (
 from lightning_hyperopt.adapter.graph import GraphBridge, grad_scaler_state
 from lightning_hyperopt.adapter.replay import StepReplay
 from lightning_hyperopt.adapter.run_guard import RunGuard
+from lightning_hyperopt.adapter.scaled_step import ScaledStep
 from lightning_hyperopt.adapter.validation import ValidationStream
 from lightning_hyperopt.core.arguments import count
 from lightning_hyperopt.core.dropout import ADOPT_MODES, AdoptMode, adopt_dropout
@@ -149,6 +150,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         self.replay = StepReplay()
         self.bridge = GraphBridge()
         self.guard = RunGuard(count("max_nonfinite_steps", max_nonfinite_steps, 1))
+        self.scaled_step = ScaledStep()
         self._distributed = False
         self._module: LightningModule | None = None
         self._restored: dict[str, Any] | None = None
@@ -211,6 +213,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         self.guard.start()
         self._logged = False
         self.bridge.start(pl_module, self.engine, plan)
+        self.scaled_step.start(optimizer, self.engine)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.validation.probe(trainer, pl_module)
@@ -311,6 +314,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
 
     def _end_fit(self, pl_module: LightningModule) -> None:
         self.bridge.end(pl_module)
+        self.scaled_step.end()
         if self.engine is not None:
             self.engine.detach()
 

@@ -5,6 +5,8 @@ from lightning_hyperopt.core.hyper_optimizers import AdaptiveStep, HyperOptimize
 from lightning_hyperopt.core.hyperparameters import (
     Hyperparameter,
     L2Penalty,
+    LearningRate,
+    Momentum,
     WeightDecay,
     find_hyperparameters,
 )
@@ -28,6 +30,8 @@ __all__ = [
     "HyperOptimizer",
     "Hyperparameter",
     "L2Penalty",
+    "LearningRate",
+    "Momentum",
     "PaperStep",
     "TangentEngine",
     "Unroll",

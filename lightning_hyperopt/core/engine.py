@@ -26,7 +26,8 @@ counted (:meth:`TangentEngine.nonfinite_report` reads the counts when the caller
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -105,7 +106,9 @@ class TangentEngine:
         self.params: list[Tensor] = params
         self.layout = FlatLayout(params)
         self.rule = tangent_rule(optimizer, self.layout, group_of, gradient_clipping)
-        self.terms = DriftTerms(self.names, self.hypers, optimizer, self.layout)
+        self.terms = DriftTerms(self.names, self.hypers, optimizer, self.layout, self.rule.rule)
+        #: per param group whose learning rate a λ scales, that λ (η = λ·lr_t)
+        self.lr_scales: dict[int, float] = {}
         m, n = len(self.hypers), self.layout.numel
         dtype, device = self.layout.dtype, self.layout.device
         known = {id(p) for p in params}
@@ -171,9 +174,27 @@ class TangentEngine:
         return [[v[j] for v in views] for j in range(len(self.hypers))]
 
     def write_to_optimizer(self) -> None:
-        """Write every λ that sets an optimizer setting into the optimizer's param groups."""
+        """Write every λ that sets an optimizer setting into the optimizer's param groups
+        (a learning-rate scale is applied during the step only: :meth:`scaled_learning_rates`)."""
         for h in self.hypers:
             h.write_to(self.optimizer)
+        scaled = self.terms.scaled_groups
+        self.lr_scales = {k: float(self.hypers[j].value) for k, j in scaled.items()}
+
+    @contextlib.contextmanager
+    def scaled_learning_rates(self) -> Iterator[None]:
+        """Around ``optimizer.step()``: each group whose learning rate a λ scales steps with
+        η = λ·lr_t; outside, ``param_groups[k]["lr"]`` holds the schedule's lr_t (a scheduler
+        never sees λ, so a chained one cannot compound it)."""
+        groups = self.optimizer.param_groups
+        saved = {k: groups[k]["lr"] for k in self.lr_scales}
+        try:
+            for k, scale in self.lr_scales.items():
+                groups[k]["lr"] = saved[k] * scale
+            yield
+        finally:
+            for k, lr in saved.items():
+                groups[k]["lr"] = lr
 
     # ------------------------------------------------------------------------ per micro-batch
     def _open_window(self) -> None:
@@ -260,11 +281,13 @@ class TangentEngine:
             finite = self.reduce(finite.to(drift.dtype)) == 1.0
         step_ok, bad_step = self.guard.step_flags(finite, step_skipped)
         rule = self.rule
-        grad = self.layout.flatten(p.grad for p in self.params) if rule.reads_grad else None
-        theta = self.layout.flatten(self.params) if rule.needs_theta(self.terms.settings) else None
-        self.lr = float(self.optimizer.param_groups[0]["lr"])
+        dots = self.terms.settings
+        grad = self.layout.flatten(p.grad for p in self.params) if rule.reads_grad(dots) else None
+        theta = self.layout.flatten(self.params) if rule.needs_theta(dots) else None
+        # η_t of group 0 (times its λ where one scales it): the paper rule's α_t = c·η_t
+        self.lr = float(self.optimizer.param_groups[0]["lr"]) * self.lr_scales.get(0, 1.0)
         carried = self.tangent if self.method.uses_tangent else None  # first order: y = 0
-        new, delta, state = rule.step(carried, drift, grad, theta, self.terms.settings)
+        new, delta, state = rule.step(carried, drift, grad, theta, dots, self.lr_scales)
         if new is not None:
             (new,), norms, clipped = self.method.project([new], batch_dim=0)
             kept = self.guard.tangent_step(
@@ -337,6 +360,8 @@ class TangentEngine:
             if self.clipped is not None:
                 out[f"{name}/clipped"] = self.clipped[j].float()
             out[f"{name}/nonfinite"] = counts[j]
+            for key, value in self.hypers[j].extra_metrics(self.optimizer).items():
+                out[f"{name}/{key}"] = value
         return out
 
     @property

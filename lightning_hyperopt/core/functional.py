@@ -171,6 +171,8 @@ def sgd_tangent(
     dampening: float = 0.0,
     nesterov: bool = False,
     first_step: bool | Tensor = False,
+    momentum_dot: Tensor | None = None,
+    buffers: tuple[Tensor | None, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Forward-mode derivative of the direction d of one ``torch.optim.SGD`` step (θ ← θ − η d).
 
@@ -178,6 +180,11 @@ def sgd_tangent(
     Differentiating with ġ = dg/dλ and z = db/dλ:
 
         z ← μ z + (1 − τ) ġ   (z ← ġ on the first step),   ḋ = ġ + μ z  or  z.
+
+    With the momentum itself tuned (``momentum_dot`` μ̇ = ∂μ/∂λ, one entry per row, and
+    ``buffers`` (b, b'), the buffer before and after the step, from :func:`sgd_direction`):
+
+        z ← μ z + μ̇ b + (1 − τ) ġ   (z ← ġ on the first step),   ḋ = ġ + μ z + μ̇ b'  or  z.
 
     Without momentum ḋ = ġ. ``first_step`` may be a boolean tensor that broadcasts against
     ``grad_tangent`` (parameters whose momentum buffer starts at different steps); a ``None``
@@ -187,12 +194,45 @@ def sgd_tangent(
         return grad_tangent, None
     damped = (1.0 - dampening) * grad_tangent
     z = damped if momentum_tangent is None else momentum * momentum_tangent + damped
+    tuned = momentum_dot is not None and buffers is not None
+    if tuned and buffers[0] is not None:  # type: ignore[index]
+        z = z + momentum_dot.unsqueeze(1) * buffers[0]  # type: ignore[union-attr, index]
     z = (
         torch.where(first_step, grad_tangent, z)
         if isinstance(first_step, Tensor)
         else (grad_tangent if first_step else z)
     )
-    return (grad_tangent + momentum * z if nesterov else z), z
+    if not nesterov:
+        return z, z
+    direction = grad_tangent + momentum * z
+    if tuned:
+        direction = direction + momentum_dot.unsqueeze(1) * buffers[1]  # type: ignore[union-attr, index]
+    return direction, z
+
+
+def sgd_direction(
+    grad: Tensor,
+    buffer: Tensor | None,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    first_step: bool | Tensor = False,
+) -> tuple[Tensor, Tensor | None]:
+    """The direction d of one ``torch.optim.SGD`` step (θ ← θ − η d) and the new buffer b':
+    b' = μ b + (1 − τ) g (b' = g on the buffer's first step), d = g + μ b' (Nesterov) or b';
+    without momentum d = g and no buffer. ``grad`` is the gradient torch uses (weight decay
+    added); ``buffer`` b before the step (``None``: no buffer yet)."""
+    if momentum == 0.0:
+        return grad, None
+    carried = (
+        (1.0 - dampening) * grad if buffer is None else momentum * buffer + (1.0 - dampening) * grad
+    )
+    new = (
+        torch.where(first_step, grad, carried)
+        if isinstance(first_step, Tensor)
+        else (grad if first_step else carried)
+    )
+    return (grad + momentum * new if nesterov else new), new
 
 
 def adam_tangent(
@@ -204,6 +244,8 @@ def adam_tangent(
     beta1: float,
     beta2: float,
     eps: float,
+    beta1_dot: Tensor | None = None,
+    beta2_dot: Tensor | None = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor | None]]:
     """Forward-mode derivative of the direction d of one ``torch.optim.Adam`` step.
 
@@ -222,6 +264,14 @@ def adam_tangent(
     taken as 0 there (no 0/0), which leaves the exact derivative ṁ'/(c₁ ε). ``moments[2]`` and
     ``moment_tangents[2]`` are ``None`` without amsgrad. ``step`` (the count before this step)
     may be a tensor broadcasting against ``grad`` (parameters started at different steps).
+
+    With β₁ or β₂ tuned (``beta1_dot`` β̇₁, ``beta2_dot`` β̇₂ = ∂β/∂λ, one entry per row), the
+    moments gain their direct terms and the bias corrections their derivatives (torch uses the
+    current β at every step: c₁ = 1 − β₁ᵗ, so ċ₁ = −t β₁ᵗ⁻¹ β̇₁, likewise ċ₂):
+
+        ṁ' += β̇₁ (m − g),   v̇' += β̇₂ (v − g²),
+        ḋ  += −d ċ₁ / c₁ + d √v̂ ċ₂ / (2 c₂^{3/2} D).
+
     Returns ḋ and the new (ṁ, v̇, v̇_max).
     """
     m, v, v_max = moments
@@ -230,6 +280,10 @@ def adam_tangent(
     v_new = v * beta2 + (1.0 - beta2) * grad * grad
     dm_new = dm * beta1 + (1.0 - beta1) * grad_tangent
     dv_new = dv * beta2 + (2.0 * (1.0 - beta2)) * grad * grad_tangent
+    if beta1_dot is not None:
+        dm_new = dm_new + beta1_dot.unsqueeze(1) * (m - grad)
+    if beta2_dot is not None:
+        dv_new = dv_new + beta2_dot.unsqueeze(1) * (v - grad * grad)
     if v_max is not None and dv_max is not None:
         grows = v_new > v_max
         v_hat = torch.where(grows, v_new, v_max)
@@ -245,7 +299,37 @@ def adam_tangent(
     positive = root > 0
     droot = torch.where(positive, dv_hat / (2.0 * torch.where(positive, root, 1.0)), 0.0)
     direction = (dm_new - m_new * (droot / c2_sqrt) / denom) / (c1 * denom)
+    if beta1_dot is not None or beta2_dot is not None:
+        value = m_new / (c1 * denom)
+        if beta1_dot is not None:
+            dc1 = -t * beta1 ** (t - 1)
+            direction = direction - beta1_dot.unsqueeze(1) * (value * dc1 / c1)
+        if beta2_dot is not None:
+            c2 = 1.0 - beta2**t
+            dc2 = -t * beta2 ** (t - 1)
+            bend = value * root * dc2 / (2.0 * c2 * c2_sqrt * denom)
+            direction = direction + beta2_dot.unsqueeze(1) * bend
     return direction, (dm_new, dv_new, dv_max_new)
+
+
+def adam_direction(
+    grad: Tensor,
+    moments: tuple[Tensor, Tensor, Tensor | None],
+    step: Tensor | float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> Tensor:
+    """The direction d of one ``torch.optim.Adam`` step (θ ← θ − η d), from the moments before
+    it (see :func:`adam_tangent`): d = m' / (c₁ (√v̂ / √c₂ + ε))."""
+    m, v, v_max = moments
+    m_new = torch.lerp(m, grad, 1.0 - beta1)
+    v_new = v * beta2 + (1.0 - beta2) * grad * grad
+    v_hat = v_new if v_max is None else torch.maximum(v_max, v_new)
+    t = step + 1
+    c1 = 1.0 - beta1**t
+    c2_sqrt = (1.0 - beta2**t) ** 0.5
+    return m_new / (c1 * (torch.sqrt(v_hat) / c2_sqrt + eps))
 
 
 def clip_norm_tangent(grad_tangent: Tensor, grad: Tensor, max_norm: float) -> Tensor:

@@ -91,6 +91,11 @@ class HyperStep:
                     f"{type(optimizer).__name__} moves {name!r} in log space, where "
                     f"λ = {value:g} cannot move: start it at a positive value (e.g. 1e-4)"
                 )
+            if space == "logit" and not 0 < value < 1:
+                raise ValueError(
+                    f"{type(optimizer).__name__} moves {name!r} in log-odds, where "
+                    f"λ = {value:g} cannot move: start it inside (0, 1) (e.g. 0.9)"
+                )
         bounds = [h.bounds for h in hypers]
         like = hypers[0].value
         return cls(method, spaces, bounds, optimizer, warmup_steps, hyper_every, like)

@@ -23,7 +23,12 @@ from torch.nn import functional as F
 
 from lightning_hyperopt.core.arguments import positive
 from lightning_hyperopt.core.dropout import KeepProbability, TunableDropout
-from lightning_hyperopt.core.hyperparameters import L2Penalty, Parameterization, WeightDecay
+from lightning_hyperopt.core.hyperparameters import (
+    L2Penalty,
+    LearningRate,
+    Parameterization,
+    WeightDecay,
+)
 
 #: the range a tuned keep probability stays in (KeepProbability's default bounds)
 KEEP_BOUNDS = (0.1, 1.0)
@@ -51,6 +56,8 @@ class _MLPLogic:
         keep: float | None = None,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         weight_decay: float | None = None,
+        schedule: Literal["exponential", "cosine"] = "exponential",
+        tune_lr: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -79,6 +86,11 @@ class _MLPLogic:
         if optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer={optimizer!r} is not supported; accepted: 'sgd', 'adamw'")
         self.optimizer_name = optimizer
+        if schedule not in ("exponential", "cosine"):
+            raise ValueError(
+                f"schedule={schedule!r} is not supported; accepted: 'exponential', 'cosine'"
+            )
+        self.schedule = schedule
         if l2 is None and per_layer_l2:
             raise ValueError("per_layer_l2=True needs l2 (the coefficients' starting value)")
         if keep is not None and not hidden:
@@ -97,6 +109,8 @@ class _MLPLogic:
         self.wd: WeightDecay | None = None
         if weight_decay is not None:
             self.wd = WeightDecay(group=0, init=weight_decay)
+        #: λ scaling the learning rate of every group (η_t = λ·lr_t), when it is tuned
+        self.lr_scale: LearningRate | None = LearningRate() if tune_lr else None
         self.keep: KeepProbability | None = None
         self.dropout: nn.ModuleList | None = None
         if keep is not None:
@@ -152,7 +166,6 @@ class _MLPLogic:
             raise ValueError(
                 "MLP: set decay_steps or trainer.max_steps (the learning-rate decay horizon)"
             )
-        gamma = (self.final_lr / self.lr) ** (1.0 / steps)
         params: list | Any = self.parameters()
         if self.wd is not None:  # decay the weight matrices only
             biases = [layer.bias for layer in self.layers]
@@ -167,7 +180,14 @@ class _MLPLogic:
             )
         else:
             optimizer = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+        scheduler: torch.optim.lr_scheduler.LRScheduler
+        if self.schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=steps, eta_min=self.final_lr
+            )
+        else:
+            gamma = (self.final_lr / self.lr) ** (1.0 / steps)
+            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
@@ -195,7 +215,7 @@ class MLP(_MLPLogic, pl.LightningModule):
         in_features: input size (784 for flattened MNIST).
         hidden: sizes of the hidden layers.
         num_classes: output size.
-        lr: η₀, the SGD learning rate at step 0.
+        lr: η₀, the learning rate at step 0.
         final_lr: η_T, the learning rate reached after ``decay_steps`` steps (exponential decay,
             stepped every optimizer step); equal to ``lr`` for a constant rate.
         decay_steps: T; ``None`` takes the trainer's ``max_steps``.
@@ -212,4 +232,9 @@ class MLP(_MLPLogic, pl.LightningModule):
             ``lr`` and the weight decay).
         weight_decay: λ₀ of the optimizer's weight decay on the weight matrices, a
             :class:`WeightDecay` hyperparameter; ``None``: no weight decay.
+        schedule: the learning rate's decay from ``lr`` to ``final_lr`` over the horizon,
+            stepped every optimizer step: ``"exponential"`` or ``"cosine"``
+            (``CosineAnnealingLR`` with ``eta_min=final_lr``).
+        tune_lr: declare ``self.lr_scale``, a :class:`LearningRate` λ₀ = 1 scaling every
+            group's learning rate (η_t = λ·lr_t; logged as ``hyperopt/lr_scale``).
     """

@@ -9,6 +9,8 @@ from lightning_hyperopt.core.hyperparameters.base import (
     not_recorded,
 )
 from lightning_hyperopt.core.hyperparameters.l2_penalty import L2Penalty, PenaltyCall
+from lightning_hyperopt.core.hyperparameters.learning_rate import LearningRate
+from lightning_hyperopt.core.hyperparameters.momentum import Momentum
 from lightning_hyperopt.core.hyperparameters.weight_decay import WeightDecay
 
 __all__ = [
@@ -16,6 +18,8 @@ __all__ = [
     "DriftSource",
     "Hyperparameter",
     "L2Penalty",
+    "LearningRate",
+    "Momentum",
     "Parameterization",
     "PenaltyCall",
     "WeightDecay",

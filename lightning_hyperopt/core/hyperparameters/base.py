@@ -147,9 +147,10 @@ class Hyperparameter(nn.Module):
         losses to ``row`` (N,), the flat parameters' entries (``context`` gives the layout)."""
         raise NotImplementedError(f"{type(self).__name__} has no closed-form drift")
 
-    def optimizer_settings(self) -> list[tuple[int, str, float]]:
+    def optimizer_settings(self, optimizer: torch.optim.Optimizer) -> list[tuple[int, str, float]]:
         """For ``drift_source = "optimizer"``: the param-group settings λ sets, as
-        (group, key, ∂setting/∂λ) (e.g. ``(0, "weight_decay", 1.0)``)."""
+        (group, key, ∂setting/∂λ) (e.g. ``(0, "weight_decay", 1.0)``). The key
+        ``"lr_scale"`` scales the group's learning rate (the optimizer steps with λ·lr)."""
         raise NotImplementedError(f"{type(self).__name__} sets no optimizer setting")
 
     def check_optimizer(self, optimizer: torch.optim.Optimizer, name: str) -> None:
@@ -161,6 +162,10 @@ class Hyperparameter(nn.Module):
 
     def write_to(self, optimizer: torch.optim.Optimizer) -> None:
         """Write λ into the optimizer, for the settings it sets (after every update)."""
+
+    def extra_metrics(self, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+        """Metrics of this kind logged beside λ (``hyperopt/<name>/<key>``)."""
+        return {}
 
     @contextlib.contextmanager
     def perturbed(self, sign: int, seed: int) -> Iterator[float]:

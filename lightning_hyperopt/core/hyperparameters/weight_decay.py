@@ -57,7 +57,7 @@ class WeightDecay(Hyperparameter):
     def natural_space(self) -> Parameterization:
         return "log"
 
-    def optimizer_settings(self) -> list[tuple[int, str, float]]:
+    def optimizer_settings(self, optimizer: torch.optim.Optimizer) -> list[tuple[int, str, float]]:
         return [(self.group, "weight_decay", 1.0)]
 
     def check_optimizer(self, optimizer: torch.optim.Optimizer, name: str) -> None:

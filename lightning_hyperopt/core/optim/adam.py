@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_hyperopt.core.functional import adam_tangent
+from lightning_hyperopt.core.functional import adam_direction, adam_tangent
 from lightning_hyperopt.core.hyperparameters.base import read_setting
 from lightning_hyperopt.core.optim.rule import OptimizerRule
 from lightning_hyperopt.core.optim.stages import (
@@ -16,15 +16,18 @@ from lightning_hyperopt.core.optim.stages import (
     decoupled_weight_decay,
     descend,
     maximize,
+    scaled_learning_rate,
 )
 
 MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 
-def adam_direction(s: GroupStep) -> None:
+def adam_direction_stage(s: GroupStep) -> None:
     """d = m̂ / (√v̂ + ε) with Adam's moments and bias corrections: ḋ and the moments'
-    tangents by :func:`~lightning_hyperopt.core.functional.adam_tangent`, per parameter from
-    torch's state (a parameter whose state starts later has its own step count)."""
+    tangents by :func:`~lightning_hyperopt.core.functional.adam_tangent` (with β₁'s and β₂'s
+    own terms where they are tuned), per parameter from torch's state (a parameter whose
+    state starts later has its own step count). The update D = d itself where a scaled
+    learning rate needs it."""
     assert s.g is not None, "Adam's tangent reads the gradient"
     beta1, beta2 = (read_setting(b) for b in s.group["betas"])
     amsgrad = bool(s.group.get("amsgrad", False))
@@ -38,16 +41,22 @@ def adam_direction(s: GroupStep) -> None:
         (s.carried.get(name) if s.carried.get(name) is not None else zeros) if on else None
         for name, on in zip(MOMENTS, used)
     )
+    steps, eps = _step_counts(s), read_setting(s.group["eps"])
     direction, new = adam_tangent(
         s.gdot,
         s.g,
         moments,  # type: ignore[arg-type]
         tangents,  # type: ignore[arg-type]
-        _step_counts(s),
+        steps,
         beta1,
         beta2,
-        read_setting(s.group["eps"]),
+        eps,
+        beta1_dot=s.dots.get("beta1"),
+        beta2_dot=s.dots.get("beta2"),
     )
+    if s.wants_value:
+        value = adam_direction(s.g, moments, steps, beta1, beta2, eps)  # type: ignore[arg-type]
+        s.value = value.to(s.gdot.dtype) if value.dtype != s.gdot.dtype else value
     if direction.dtype != s.gdot.dtype:  # per-entry float64 bias corrections
         direction = direction.to(s.gdot.dtype)
     s.delta = direction
@@ -71,8 +80,14 @@ def _step_counts(s: GroupStep) -> float | Tensor:
 
 def _stages(group: dict) -> tuple[Stage, ...]:
     if group.get("decoupled_weight_decay", False):  # AdamW
-        return (maximize, adam_direction, decoupled_weight_decay, descend)
-    return (maximize, coupled_weight_decay, adam_direction, descend)
+        return (
+            maximize,
+            adam_direction_stage,
+            decoupled_weight_decay,
+            scaled_learning_rate,
+            descend,
+        )
+    return (maximize, coupled_weight_decay, adam_direction_stage, scaled_learning_rate, descend)
 
 
 def _state_names(optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
@@ -95,4 +110,5 @@ ADAM_RULE = OptimizerRule(
     stages=_stages,
     reads_grad=True,
     needs_theta=_needs_theta,
+    settings=("weight_decay", "lr_scale", "beta1", "beta2"),
 )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lightning_hyperopt.core.hyperparameters.base import read_setting
 from lightning_hyperopt.core.optim.clipping import GradientClipping
 from lightning_hyperopt.core.optim.layout import FlatLayout
 from lightning_hyperopt.core.optim.stages import GroupStep, Stage
@@ -38,6 +39,7 @@ class OptimizerRule:
         reads_grad: whether the chain reads the gradient itself, not only its tangent.
         needs_theta: whether the chain reads θ whatever the hyperparameters (else θ is read
             only for a weight-decay setting's tangent).
+        settings: the param-group settings whose tangents the chain differentiates.
     """
 
     name: str
@@ -45,6 +47,7 @@ class OptimizerRule:
     stages: Callable[[dict], Sequence[Stage]]
     reads_grad: bool = False
     needs_theta: Callable[[torch.optim.Optimizer], bool] = _never
+    settings: tuple[str, ...] = ("weight_decay",)
 
 
 class TangentRule:
@@ -85,17 +88,25 @@ class TangentRule:
             start += n
         self.state: dict[str, Tensor | None] = dict.fromkeys(rule.state_names(optimizer))
 
-    @property
-    def reads_grad(self) -> bool:
-        """Whether :meth:`step` needs the flat gradient (clipping, or the rule reads it)."""
-        return self.clipping is not None or self.rule.reads_grad
+    def reads_grad(self, dots: SettingTangents) -> bool:
+        """Whether :meth:`step` needs the flat gradient: clipping, a rule that reads it, or a
+        tuned learning rate or momentum (their terms need the update's value)."""
+        tuned = any(k in d for d in dots.values() for k in ("lr_scale", "momentum"))
+        return self.clipping is not None or self.rule.reads_grad or tuned
 
     def needs_theta(self, dots: SettingTangents) -> bool:
         """Whether :meth:`step` reads θ: for a weight-decay setting's tangent (∂(wd θ)/∂λ = θ),
-        and where the rule reads it anyway (Adam's coupled weight decay enters the moments)."""
+        where the rule reads it anyway (Adam's coupled weight decay enters the moments), and
+        for the update's value under weight decay when a learning rate is tuned."""
         if any("weight_decay" in d for d in dots.values()):
             return True
-        return self.rule.needs_theta(self.optimizer)
+        if self.rule.needs_theta(self.optimizer):
+            return True
+        return any(
+            "lr_scale" in dots.get(k, {})
+            and read_setting(self.optimizer.param_groups[k]["weight_decay"]) != 0.0
+            for k, _, _, _ in self.groups
+        )
 
     def reset(self) -> None:
         """Zero tangents of the optimizer state (the window start of UnrollK)."""
@@ -122,6 +133,7 @@ class TangentRule:
         grad: Tensor | None,
         theta: Tensor | None,
         dots: SettingTangents,
+        lr_scales: Mapping[int, float] | None = None,
     ) -> tuple[Tensor | None, Tensor, dict[str, Tensor | None]]:
         """y', δ and the new state tangents for the step about to run.
 
@@ -129,7 +141,8 @@ class TangentRule:
         order: y' is then not computed); ``grad_tangent`` ġ (m, N) and ``grad`` g (N,) are the
         gradient's tangent and the gradient before clipping (g is read only where
         :attr:`reads_grad`); ``theta`` is θ (N,) (read when :meth:`needs_theta`); ``dots[k]``
-        the tangents of group k's settings. y' = y (1 − η wd_decoupled) − η δ: δ is the
+        the tangents of group k's settings; ``lr_scales[k]`` the scale of group k's learning
+        rate (η = s·lr_t) where one is tuned. y' = y (1 − η wd_decoupled) − η δ: δ is the
         step's own contribution per unit learning rate (first order's direction). Returns
         new tensors; the inputs are not modified.
         """
@@ -159,6 +172,7 @@ class TangentRule:
                 None if theta is None else theta[span],
                 dots.get(k, no_dots),
                 carried,
+                None if lr_scales is None else lr_scales.get(k),
             )
             for stage in self.rule.stages(group):
                 stage(s)

@@ -8,11 +8,16 @@ ending in θ' = θ − η·(direction). Each stage below is one such map, differ
     coupled_weight_decay    g ← g + wd θ             ġ ← ġ + wd y + ẇd θ
     (direction)             d = d(g, state)          ḋ, state tangents     (sgd.py, adam.py)
     decoupled_weight_decay  θ ← θ (1 − η wd)         δ ← ḋ + ẇd θ,  y' gains −η wd y
+    scaled_learning_rate    η = s·lr_t               δ ← δ + (ṡ / s) D
     descend                 θ' = θ − η d             y' = y − η δ
 
 with ẇd = ∂wd/∂λ, the tangent of a param-group setting that a hyperparameter sets (one entry
-per row, in ``GroupStep.dots``). δ, the step's own contribution per unit learning rate, is also
-first order's direction (y₁ = −η δ from y = 0). Stages read and write a :class:`GroupStep`.
+per row, in ``GroupStep.dots``; ``"momentum"``, ``"beta1"``, ``"beta2"`` enter the direction
+stages). A tuned learning rate is a scale s = λ of the schedule's lr_t (``"lr_scale"``): the
+step's update per unit learning rate is D = d (+ wd θ, decoupled), so ∂θ'/∂λ gains
+−lr_t D = −η (ṡ/s) D, finite also where the schedule sets lr_t = 0. δ, the step's own
+contribution per unit learning rate, is also first order's direction (y₁ = −η δ from y = 0).
+Stages read and write a :class:`GroupStep`.
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ class GroupStep:
     Inputs: the group's settings and torch's per-parameter state before the step; the carried
     tangent ``y`` (m, N_k) or ``None`` for y = 0; ``gdot`` ġ (m, N_k); ``g`` (N_k,) where a stage
     reads it, else ``None``; ``theta`` (N_k,) where read; ``dots`` the tangents (m,) of the
-    settings that depend on λ; ``carried`` the optimizer-state tangents (None: zero). Outputs,
-    set by the stages: ``delta`` δ, ``state`` the new state tangents, ``y_new`` y'.
+    settings that depend on λ; ``carried`` the optimizer-state tangents (None: zero);
+    ``lr_scale`` s where a hyperparameter scales the group's learning rate (η = s·lr_t).
+    Outputs, set by the stages: ``delta`` δ, ``state`` the new state tangents, ``y_new`` y',
+    and ``value`` D, the update per unit learning rate, where a scaled learning rate needs it.
     """
 
     def __init__(
@@ -48,9 +55,13 @@ class GroupStep:
         theta: Tensor | None,
         dots: Mapping[str, Tensor],
         carried: Mapping[str, Tensor | None],
+        lr_scale: float | None = None,
     ) -> None:
         self.group, self.states, self.layout = group, states, layout
         self.lr = read_setting(group["lr"])
+        self.lr_scale = lr_scale
+        if lr_scale is not None:  # η = λ·lr_t, the learning rate torch will step with
+            self.lr = self.lr * lr_scale
         self.wd = read_setting(group["weight_decay"])
         self.y, self.gdot, self.g, self.theta = y, gdot, g, theta
         self.dots, self.carried = dots, carried
@@ -59,6 +70,9 @@ class GroupStep:
         #: decoupled weight decay's η·wd, when it is not 0: y' gains −η wd y
         self.shrink: float | None = None
         self.y_new: Tensor | None = None
+        #: D, the update per unit learning rate (θ' = θ − η D), computed where it is needed
+        self.wants_value = "lr_scale" in dots
+        self.value: Tensor | None = None
 
 
 Stage = Callable[[GroupStep], None]
@@ -90,6 +104,19 @@ def decoupled_weight_decay(s: GroupStep) -> None:
         s.delta = s.delta + e.unsqueeze(1) * s.theta
     if s.wd != 0.0:
         s.shrink = s.lr * s.wd
+        if s.value is not None and s.theta is not None:
+            s.value = s.value + s.wd * s.theta
+
+
+def scaled_learning_rate(s: GroupStep) -> None:
+    """η = s·lr_t with s = λ (a tuned learning rate): δ ← δ + (ṡ / s) D, so that
+    y' = y − η δ gains −lr_t ṡ D."""
+    e = s.dots.get("lr_scale")
+    if e is None or s.lr_scale is None:
+        return
+    if s.value is None:
+        raise RuntimeError("a scaled learning rate needs the update D: its rule computes none")
+    s.delta = s.delta + (e / s.lr_scale).unsqueeze(1) * s.value
 
 
 def descend(s: GroupStep) -> None:
