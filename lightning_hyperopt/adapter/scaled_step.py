@@ -27,7 +27,7 @@ class ScaledStep:
 
     def start(self, optimizer: torch.optim.Optimizer, engine: TangentEngine) -> None:
         self.end()
-        if not engine.terms.scaled_groups:
+        if not engine.settings.scaled_groups:
             return
         self._previous = vars(optimizer).get("step")
         original = optimizer.step

@@ -1,4 +1,5 @@
-"""The engine's checkpoint: what a resumed run needs to follow the uninterrupted one bit for bit.
+"""The engine's state as plain values: its checkpoint (what a resumed run needs to follow the
+uninterrupted one bit for bit) and its metrics (what a logger shows).
 
 Plain tensors, lists and numbers only (torch's weights-only loading accepts them, a dataclass
 would not): the tangent y and the optimizer-state tangents, first order's direction, the step
@@ -63,3 +64,25 @@ def load_engine_state(engine: TangentEngine, state: Mapping[str, Any]) -> None:
         },
         engine.step,
     )
+
+
+def engine_metrics(engine: TangentEngine) -> dict[str, Tensor]:
+    """Per hyperparameter ``name``: λ (``name``), ``name/hypergradient`` (the last),
+    ``name/tangent_norm`` (‖y‖, methods with a tangent), ``name/clipped`` (ClipR),
+    ``name/nonfinite`` (the skipped steps, tangents and hypergradients) and its kind's own
+    (e.g. ``name/effective_lr``). Device tensors: reading them is the caller's choice."""
+    out: dict[str, Tensor] = {}
+    counts = engine.guard.counts.as_tensor().float()
+    norms = engine.norms if engine.norms is not None else engine.tangent.norm(dim=1)
+    for j, name in enumerate(engine.names):
+        out[name] = engine.hypers[j].value.detach()
+        if engine.hypergradients is not None:
+            out[f"{name}/hypergradient"] = engine.hypergradients[j]
+        if engine.method.uses_tangent:
+            out[f"{name}/tangent_norm"] = norms[j]
+        if engine.clipped is not None:
+            out[f"{name}/clipped"] = engine.clipped[j].float()
+        out[f"{name}/nonfinite"] = counts[j]
+        for key, value in engine.hypers[j].extra_metrics(engine.optimizer).items():
+            out[f"{name}/{key}"] = value
+    return out

@@ -27,14 +27,14 @@ counted (:meth:`TangentEngine.nonfinite_report` reads the counts when the caller
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from lightning_hyperopt.core.arguments import check_scalar_loss
-from lightning_hyperopt.core.checkpoint import engine_state, load_engine_state
+from lightning_hyperopt.core.checkpoint import engine_metrics, engine_state, load_engine_state
 from lightning_hyperopt.core.hyper_optimizers import HyperOptimizer
 from lightning_hyperopt.core.hyper_step import HyperStep
 from lightning_hyperopt.core.hyperparameters.base import Hyperparameter, not_recorded
@@ -42,6 +42,7 @@ from lightning_hyperopt.core.methods import HyperMethod
 from lightning_hyperopt.core.nonfinite import FiniteGuard
 from lightning_hyperopt.core.optim import GradientClipping, tangent_rule
 from lightning_hyperopt.core.optim.layout import FlatLayout
+from lightning_hyperopt.core.settings import OptimizerSettings
 from lightning_hyperopt.core.terms import DriftTerms, Replay
 from lightning_hyperopt.core.window import DriftWindow
 
@@ -97,18 +98,13 @@ class TangentEngine:
         self.hypers = list(hyperparameters.values())
         self.optimizer = optimizer
         self.reduce = reduce
-        params, group_of = [], []
-        for k, group in enumerate(optimizer.param_groups):
-            for p in group["params"]:
-                if p.requires_grad:
-                    params.append(p)
-                    group_of.append(k)
-        self.params: list[Tensor] = params
-        self.layout = FlatLayout(params)
+        self.layout, group_of = FlatLayout.of_optimizer(optimizer)
+        params = self.params = self.layout.params
         self.rule = tangent_rule(optimizer, self.layout, group_of, gradient_clipping)
-        self.terms = DriftTerms(self.names, self.hypers, optimizer, self.layout, self.rule.rule)
-        #: per param group whose learning rate a λ scales, that λ (η = λ·lr_t)
-        self.lr_scales: dict[int, float] = {}
+        self.terms = DriftTerms(self.names, self.hypers, self.layout)
+        self.settings = OptimizerSettings(
+            self.names, self.hypers, optimizer, self.layout, self.rule.rule
+        )
         m, n = len(self.hypers), self.layout.numel
         dtype, device = self.layout.dtype, self.layout.device
         known = {id(p) for p in params}
@@ -175,26 +171,13 @@ class TangentEngine:
 
     def write_to_optimizer(self) -> None:
         """Write every λ that sets an optimizer setting into the optimizer's param groups
-        (a learning-rate scale is applied during the step only: :meth:`scaled_learning_rates`)."""
-        for h in self.hypers:
-            h.write_to(self.optimizer)
-        scaled = self.terms.scaled_groups
-        self.lr_scales = {k: float(self.hypers[j].value) for k, j in scaled.items()}
+        (a learning-rate scale applies during the step only: :meth:`scaled_learning_rates`)."""
+        self.settings.write()
 
-    @contextlib.contextmanager
-    def scaled_learning_rates(self) -> Iterator[None]:
-        """Around ``optimizer.step()``: each group whose learning rate a λ scales steps with
-        η = λ·lr_t; outside, ``param_groups[k]["lr"]`` holds the schedule's lr_t (a scheduler
-        never sees λ, so a chained one cannot compound it)."""
-        groups = self.optimizer.param_groups
-        saved = {k: groups[k]["lr"] for k in self.lr_scales}
-        try:
-            for k, scale in self.lr_scales.items():
-                groups[k]["lr"] = saved[k] * scale
-            yield
-        finally:
-            for k, lr in saved.items():
-                groups[k]["lr"] = lr
+    def scaled_learning_rates(self) -> contextlib.AbstractContextManager:
+        """The context to run ``optimizer.step()`` in: groups whose learning rate a λ scales
+        step at λ·lr_t (see :meth:`OptimizerSettings.scaled_learning_rates`)."""
+        return self.settings.scaled_learning_rates()
 
     # ------------------------------------------------------------------------ per micro-batch
     def _open_window(self) -> None:
@@ -281,13 +264,13 @@ class TangentEngine:
             finite = self.reduce(finite.to(drift.dtype)) == 1.0
         step_ok, bad_step = self.guard.step_flags(finite, step_skipped)
         rule = self.rule
-        dots = self.terms.settings
+        dots = self.settings.dots
         grad = self.layout.flatten(p.grad for p in self.params) if rule.reads_grad(dots) else None
         theta = self.layout.flatten(self.params) if rule.needs_theta(dots) else None
         # η_t of group 0 (times its λ where one scales it): the paper rule's α_t = c·η_t
-        self.lr = float(self.optimizer.param_groups[0]["lr"]) * self.lr_scales.get(0, 1.0)
+        self.lr = self.settings.lr(0)
         carried = self.tangent if self.method.uses_tangent else None  # first order: y = 0
-        new, delta, state = rule.step(carried, drift, grad, theta, dots, self.lr_scales)
+        new, delta, state = rule.step(carried, drift, grad, theta, dots, self.settings.lr_scales)
         if new is not None:
             (new,), norms, clipped = self.method.project([new], batch_dim=0)
             kept = self.guard.tangent_step(
@@ -345,24 +328,10 @@ class TangentEngine:
 
     # ------------------------------------------------------------------------------ reporting
     def metrics(self) -> dict[str, Tensor]:
-        """Per hyperparameter: λ, its last hypergradient, ‖y‖, whether y was clipped, and the
-        number of non-finite steps, tangents or hypergradients skipped so far (device tensors:
-        reading them is the caller's choice)."""
-        out: dict[str, Tensor] = {}
-        counts = self.guard.counts.as_tensor().float()
-        norms = self.norms if self.norms is not None else self.tangent.norm(dim=1)
-        for j, name in enumerate(self.names):
-            out[name] = self.hypers[j].value.detach()
-            if self.hypergradients is not None:
-                out[f"{name}/hypergradient"] = self.hypergradients[j]
-            if self.method.uses_tangent:
-                out[f"{name}/tangent_norm"] = norms[j]
-            if self.clipped is not None:
-                out[f"{name}/clipped"] = self.clipped[j].float()
-            out[f"{name}/nonfinite"] = counts[j]
-            for key, value in self.hypers[j].extra_metrics(self.optimizer).items():
-                out[f"{name}/{key}"] = value
-        return out
+        """Per hyperparameter: λ, its last hypergradient, ‖y‖, whether y was clipped, the
+        number of non-finite steps, tangents or hypergradients skipped so far, and its kind's
+        own metrics (see :func:`~lightning_hyperopt.core.checkpoint.engine_metrics`)."""
+        return engine_metrics(self)
 
     @property
     def nonfinite(self) -> list[int]:

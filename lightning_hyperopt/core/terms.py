@@ -9,8 +9,8 @@ source (:mod:`lightning_hyperopt.core.hyperparameters.base`):
                         recorded while the step's losses were built and back-propagated
     finite_difference   (g_T(λ₊) − g_T(λ₋)) / (λ₊ − λ₋), from two replays of the step's losses
                         that share one seed (coupled random draws; see ``Hyperparameter.perturbed``)
-    optimizer           no drift term: the tangents of the param-group settings λ sets
-                        (``settings``), which the optimizer's tangent rule differentiates
+    optimizer           no drift term: the param-group settings λ sets, whose tangents the
+                        optimizer's rule differentiates (:mod:`lightning_hyperopt.core.settings`)
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from torch import Tensor
 if TYPE_CHECKING:
     from lightning_hyperopt.core.hyperparameters.base import Hyperparameter
     from lightning_hyperopt.core.optim.layout import FlatLayout
-    from lightning_hyperopt.core.optim.rule import OptimizerRule, SettingTangents
 
 Replay = Callable[[], Iterable[Tensor]]
 
@@ -82,62 +81,19 @@ def add_finite_differences(
         drift[j].add_((grads[0] - grads[1]) / (used[0] - used[1]))
 
 
-def setting_tangents(
-    names: Sequence[str],
-    hypers: Sequence[Hyperparameter],
-    optimizer: torch.optim.Optimizer,
-    layout: FlatLayout,
-    rule: OptimizerRule,
-) -> tuple[SettingTangents, dict[int, int]]:
-    """Per param group, the tangent (m,) of each setting a hyperparameter sets (row j holds
-    ∂setting/∂λ_j), and the row whose λ scales each group's learning rate. Each
-    hyperparameter is checked against the optimizer first; a setting the optimizer's rule
-    does not differentiate, or two hyperparameters setting one group's same setting, are
-    errors."""
-    dots: dict[int, dict[str, Tensor]] = {}
-    owner: dict[tuple[int, str], str] = {}
-    scaled: dict[int, int] = {}
-    for j, (name, h) in enumerate(zip(names, hypers)):
-        h.check_optimizer(optimizer, name)
-        if h.drift_source != "optimizer":
-            continue
-        for group, key, scale in h.optimizer_settings(optimizer):
-            if key not in rule.settings:
-                raise ValueError(
-                    f"{type(h).__name__} {name!r} sets {key!r}, which the tangent rule of "
-                    f"{rule.name} does not differentiate (it does: {', '.join(rule.settings)})"
-                )
-            if (group, key) in owner:
-                raise ValueError(
-                    f"two {type(h).__name__} hyperparameters tune param group {group}'s "
-                    f"{key} ({owner[group, key]!r} and {name!r})"
-                )
-            owner[group, key] = name
-            e = torch.zeros(len(hypers), dtype=layout.dtype, device=layout.device)
-            e[j] = scale
-            dots.setdefault(group, {})[key] = e
-            if key == "lr_scale":
-                scaled[group] = j
-    return dots, scaled
-
-
 class DriftTerms:
     """The rows of each drift source, and the terms the engine adds before the optimizer step.
 
     Args:
         names, hypers: the hyperparameters, one row each.
-        optimizer: the optimizer whose settings the ``optimizer`` rows set.
         layout: the optimized parameters.
-        rule: the optimizer's tangent rule (the settings it differentiates).
     """
 
     def __init__(
         self,
         names: Sequence[str],
         hypers: Sequence[Hyperparameter],
-        optimizer: torch.optim.Optimizer,
         layout: FlatLayout,
-        rule: OptimizerRule,
     ) -> None:
         self.names, self.hypers, self.layout = list(names), list(hypers), layout
         rows: dict[str, list[int]] = {"autograd": [], "closed_form": [], "finite_difference": []}
@@ -147,8 +103,6 @@ class DriftTerms:
         self.graph_rows = [(j, hypers[j].value, names[j]) for j in rows["autograd"]]
         self.closed_form_rows = rows["closed_form"]
         self.finite_difference_rows = rows["finite_difference"]
-        #: per group, the tangents of the settings λ sets; the row scaling each group's lr
-        self.settings, self.scaled_groups = setting_tangents(names, hypers, optimizer, layout, rule)
         self._index = {id(p): i for i, p in enumerate(layout.params)}
         self._zeros: Tensor | None = None  # a drift buffer for steps without graph terms
 

@@ -35,6 +35,18 @@ class FlatLayout:
         self.spans = [slice(a, b) for a, b in itertools.pairwise(starts)]
         self.numel = starts[-1]
 
+    @classmethod
+    def of_optimizer(cls, optimizer: torch.optim.Optimizer) -> tuple[FlatLayout, list[int]]:
+        """The layout of the parameters ``optimizer`` trains (those requiring grad, in group
+        order) and the param-group index of each."""
+        params, group_of = [], []
+        for k, group in enumerate(optimizer.param_groups):
+            for p in group["params"]:
+                if p.requires_grad:
+                    params.append(p)
+                    group_of.append(k)
+        return cls(params), group_of
+
     def flatten(self, tensors: Iterable[Tensor | None]) -> Tensor:
         """One vector (N,) from one tensor per parameter (``None`` reads as zeros)."""
         parts = [
