@@ -66,7 +66,9 @@ class OptimizerSettings:
     """The settings hyperparameters set in ``optimizer``, their tangents and the lr scales.
 
     Args:
-        names, hypers: every hyperparameter (the others are ignored), one row each.
+        names: the hyperparameters' names, one row each.
+        hypers: every hyperparameter, in the same order (those of other drift sources are
+            ignored).
         optimizer: the optimizer whose param groups they set.
         layout: the optimized parameters (the tangents' dtype and device).
         rule: the optimizer's tangent rule (the settings it differentiates).

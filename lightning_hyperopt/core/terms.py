@@ -85,7 +85,8 @@ class DriftTerms:
     """The rows of each drift source, and the terms the engine adds before the optimizer step.
 
     Args:
-        names, hypers: the hyperparameters, one row each.
+        names: the hyperparameters' names, one row each.
+        hypers: the hyperparameters, in the same order.
         layout: the optimized parameters.
     """
 
