@@ -10,6 +10,7 @@ from typing import Any
 from lightning_hyperopt.core import (
     AdaptiveStep,
     Clip,
+    Discount,
     Exact,
     FirstOrder,
     HyperMethod,
@@ -37,6 +38,7 @@ _LAZY = {
 __all__ = [
     "AdaptiveStep",
     "Clip",
+    "Discount",
     "Exact",
     "FirstOrder",
     "HyperMethod",

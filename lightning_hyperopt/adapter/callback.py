@@ -38,7 +38,7 @@ from lightning_hyperopt.core.hyper_optimizers import (
 from lightning_hyperopt.core.hyperparameters.base import find_hyperparameters
 from lightning_hyperopt.core.methods import HyperMethod, resolve_method
 
-MethodName = Literal["clip", "exact", "unroll", "first_order"]
+MethodName = Literal["clip", "exact", "unroll", "discount", "first_order"]
 
 
 def _mean_over(strategy: Any):  # type: ignore[no-untyped-def]

@@ -13,6 +13,7 @@ from lightning_hyperopt.core.hyperparameters import (
 from lightning_hyperopt.core.methods import (
     METHODS,
     Clip,
+    Discount,
     Exact,
     FirstOrder,
     HyperMethod,
@@ -24,6 +25,7 @@ __all__ = [
     "METHODS",
     "AdaptiveStep",
     "Clip",
+    "Discount",
     "Exact",
     "FirstOrder",
     "HyperMethod",

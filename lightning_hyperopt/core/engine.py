@@ -189,6 +189,9 @@ class TangentEngine:
         if reset and self.method.uses_tangent:  # first order never reads y
             self.tangent.zero_()
             self.rule.reset()
+        elif self.method.discount != 1.0:  # y ← μ y before this step's recurrence
+            self.tangent.mul_(self.method.discount)
+            self.rule.scale(self.method.discount)
         # right after a reset y = 0, so H y = 0: the Hessian-vector product is skipped
         self._hvp = self.method.uses_tangent and not reset
 

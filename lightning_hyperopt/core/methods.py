@@ -28,6 +28,9 @@ class HyperMethod:
 
     #: whether the method carries a tangent (False: first order, y is replaced by −∂g_T/∂λ)
     uses_tangent: bool = True
+    #: μ: the carried tangent (and the optimizer-state tangents) are multiplied by μ before each
+    #: step, y_{t+1} = μ A_t y_t + B_t (1: the exact recurrence)
+    discount: float = 1.0
 
     def resets_at(self, step: int) -> bool:
         """Whether y is reset to 0 before the tangent step of step ``step``."""
@@ -138,6 +141,26 @@ class Unroll(HyperMethod):
         return step % self.steps == self.steps - 1
 
 
+class Discount(HyperMethod):
+    """A discounted tangent (MARTHE, Donini et al. 2020): y_{t+1} = μ·A_t y_t + B_t, with
+    A_t y = y − η H y through the optimizer's update and B_t the step's own term; λ moves at
+    every step. μ = 1 is :class:`Exact`, μ = 0 :class:`FirstOrder`'s one-step tangent; in
+    between, a step s steps back weighs μˢ, a horizon of about 1/(1 − μ) steps.
+
+    Args:
+        mu: μ in [0, 1].
+        hyper_lr_scale: c, the paper rule's hyper step relative to the parameter learning
+            rate (0.1 when not given; giving it selects that rule, see :class:`PaperStep`).
+    """
+
+    def __init__(self, mu: float = 0.99, hyper_lr_scale: float | None = None) -> None:
+        mu = float(mu)
+        if not 0.0 <= mu <= 1.0:
+            raise ValueError(f"mu={mu!r} must be in [0, 1]")
+        self.discount = mu
+        self._set_hyper_step(hyper_lr_scale)
+
+
 class FirstOrder(HyperMethod):
     """Unroll1-gTgV (Luketina et al. 2016): no tangent; y is replaced by −∂g_T/∂λ, so
     λ ← λ + α·⟨g_V(θ_{t+1}), ∂g_T/∂λ(θ_t)⟩ at every step, with a constant α (no η factor).
@@ -169,6 +192,7 @@ METHODS: dict[str, type[HyperMethod]] = {
     "exact": Exact,
     "unroll": Unroll,
     "first_order": FirstOrder,
+    "discount": Discount,
 }
 
 
@@ -180,5 +204,5 @@ def resolve_method(method: str | HyperMethod) -> HyperMethod:
         return METHODS[method]()
     raise ValueError(
         f"method={method!r} is not supported; accepted values: {sorted(METHODS)} "
-        "or an instance of Clip, Exact, Unroll or FirstOrder"
+        "or an instance of Clip, Exact, Unroll, Discount or FirstOrder"
     )

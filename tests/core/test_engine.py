@@ -273,3 +273,55 @@ def test_reset_steps_skip_the_hessian_vector_product(data, monkeypatch):
     assert per_kind[0] == per_kind[1] == [0, 1, 1, 0, 1, 1, 0]  # steps 0, 3, 6 start a window
     assert replays == [[0] * 7, [2] * 7]
     torch.testing.assert_close(tangents[1], tangents[0], rtol=1e-8, atol=1e-11)
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.7, 1.0])
+def test_discounted_tangent_follows_its_recurrence(data, mu):
+    """Discount(μ): (y, z)_{t+1} = μ A_t (y, z)_t + B_t for the joint state (θ, b) of SGD
+    momentum, with A_t and B_t the forward-mode derivatives of the explicit step map
+    (θ, b, λ) ↦ (θ', b') (torch.func.jvp), independent of the engine; μ = 1 is Exact."""
+    from lightning_hyperopt import Discount
+
+    x, y, _, _ = data
+    lam, lr, momentum, steps = 0.05, 0.1, 0.9, 6
+    net = Net(lam)
+    engine_opt = torch.optim.SGD(net.body.parameters(), lr=lr, momentum=momentum)
+    engine = TangentEngine(Discount(mu), {"l2": net.l2}, engine_opt, warmup_steps=10**9)
+    names = [n for n, _ in net.body.named_parameters()]
+    theta = [p.detach().clone() for p in net.body.parameters()]
+    buf = [torch.zeros_like(t) for t in theta]
+    yt = [torch.zeros_like(t) for t in theta]
+    zt = [torch.zeros_like(t) for t in theta]
+
+    def step(th, b, lm, first):
+        def loss(*ps):
+            out = functional_call(net.body, dict(zip(names, ps)), (x,))
+            return ((out - y) ** 2).mean() + 0.5 * lm * sum((p * p).sum() for p in ps)
+
+        g = torch.func.grad(loss, argnums=tuple(range(len(th))))(*th)
+        nb = list(g) if first else [momentum * bi + gi for bi, gi in zip(b, g)]
+        return [t - lr * bi for t, bi in zip(th, nb)], nb
+
+    for t in range(steps):
+        engine_opt.zero_grad()
+        engine.backward(net.training_loss(x, y))
+        engine.advance()
+        engine_opt.step()
+        first = t == 0
+        lm = torch.tensor(lam, dtype=torch.float64)
+
+        def mapped(th, b, lm_, first=first):
+            return step(list(th), list(b), lm_, first)
+
+        carried = ([mu * v for v in yt], [mu * v for v in zt], torch.zeros_like(lm))
+        own = (
+            [torch.zeros_like(v) for v in yt],
+            [torch.zeros_like(v) for v in zt],
+            torch.ones_like(lm),
+        )
+        (theta_new, buf_new), (ay, az) = torch.func.jvp(mapped, (theta, buf, lm), carried)
+        _, (by, bz) = torch.func.jvp(mapped, (theta, buf, lm), own)
+        yt = [a + b for a, b in zip(ay, by)]
+        zt = [a + b for a, b in zip(az, bz)]
+        theta, buf = theta_new, buf_new
+    torch.testing.assert_close(flat(engine.tangents[0]), flat(yt), rtol=1e-10, atol=1e-12)

@@ -112,6 +112,10 @@ class TangentRule:
         """Zero tangents of the optimizer state (the window start of UnrollK)."""
         self.state = dict.fromkeys(self.rule.state_names(self.optimizer))
 
+    def scale(self, factor: float) -> None:
+        """Multiply the optimizer-state tangents by ``factor`` (a discounted tangent)."""
+        self.state = {k: None if t is None else t * factor for k, t in self.state.items()}
+
     def state_dict(self) -> dict[str, Tensor | None]:
         return {k: None if t is None else t.detach().clone() for k, t in self.state.items()}
 
