@@ -56,12 +56,21 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cost import CLOCKS
-    from .quadratic import TABLE1_METHODS
+    """The command line: one sub-parser per benchmark, each from its builder below."""
     from .training import EXPERIMENTS
 
     parser = argparse.ArgumentParser(prog="lightning-hyperopt-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _table1_parser(sub)
+    for name, exp in EXPERIMENTS.items():
+        _experiment_parser(sub, name, exp)
+    _ttq_parser(sub)
+    _cost_parser(sub)
+    return parser
+
+
+def _table1_parser(sub: Any) -> None:
+    from .quadratic import TABLE1_METHODS
 
     t1 = sub.add_parser("table1", help="the quadratic problem (Table 1), vectorized")
     _common(t1)
@@ -90,86 +99,89 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated subset of {list(TABLE1_METHODS)}",
     )
 
-    for name, exp in EXPERIMENTS.items():
-        t = sub.add_parser(name, help=exp.description)
-        _common(t)
-        t.add_argument("--data-dir", type=Path, default=Path(exp.default_data_dir))
-        t.add_argument(
-            "--steps",
-            type=int,
-            default=None,
-            help=f"training steps per run (default {exp.default_steps})",
-        )
-        t.add_argument(
-            "--starts",
-            type=int,
-            default=None,
-            help=f"initial values per method (default {len(exp.starts)}: "
-            f"{', '.join(f'{v:g}' for v in exp.starts)}; another N spaces N values over "
-            f"{list(exp.start_range or (min(exp.starts), max(exp.starts)))})",
-        )
-        t.add_argument(
-            "--init-values",
-            type=_floats,
-            default=None,
-            help="explicit initial λ values, for the online rows and the fixed grid alike",
-        )
-        t.add_argument(
-            "--grid",
-            type=_floats,
-            default=None,
-            help="explicit fixed-λ grid (default "
-            + ("the starts" if exp.grid_is_starts else str(list(exp.grid)))
-            + ")",
-        )
-        t.add_argument("--val-every", type=int, default=None, help="steps between validations")
-        t.add_argument(
-            "--methods",
-            type=_names,
-            default=None,
-            help=f"comma-separated subset of {[r.label for r in exp.rows]}",
-        )
-        t.add_argument("--gpu", action="store_true", help="train on the GPU (accelerator=gpu)")
-        t.add_argument(
-            "--hyper-scale",
-            type=float,
-            default=None,
-            help="multiply every method's hyper step, for runs shorter than the configs' "
-            f"horizon (default {exp.default_hyper_scale:g}, whatever --steps; 1 keeps the "
-            "configs' step)",
-        )
-        t.add_argument(
-            "--warmup",
-            type=int,
-            default=None,
-            help="the tuner's warm-up steps (default "
-            + (
-                "the overlay's"
-                if exp.default_warmup is None
-                else f"{exp.default_warmup}, whatever --steps"
-            )
-            + ")",
-        )
-        t.add_argument(
-            "--overlay",
-            action="append",
-            type=Path,
-            default=[],
-            help="a YAML overlay merged after the method's (e.g. examples/configs/ptb/medium.yaml)",
-        )
-        t.add_argument(
-            "--resume",
-            action="store_true",
-            help="keep the runs already in OUT/runs.jsonl and skip them",
-        )
-        t.add_argument(
-            "--extra",
-            action="append",
-            default=[],
-            help="config override for every run: model.init_args.lr=0.05",
-        )
 
-    _ttq_parser(sub)
+def _experiment_parser(sub: Any, name: str, exp: Any) -> None:
+    t = sub.add_parser(name, help=exp.description)
+    _common(t)
+    t.add_argument("--data-dir", type=Path, default=Path(exp.default_data_dir))
+    t.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"training steps per run (default {exp.default_steps})",
+    )
+    t.add_argument(
+        "--starts",
+        type=int,
+        default=None,
+        help=f"initial values per method (default {len(exp.starts)}: "
+        f"{', '.join(f'{v:g}' for v in exp.starts)}; another N spaces N values over "
+        f"{list(exp.start_range or (min(exp.starts), max(exp.starts)))})",
+    )
+    t.add_argument(
+        "--init-values",
+        type=_floats,
+        default=None,
+        help="explicit initial λ values, for the online rows and the fixed grid alike",
+    )
+    t.add_argument(
+        "--grid",
+        type=_floats,
+        default=None,
+        help="explicit fixed-λ grid (default "
+        + ("the starts" if exp.grid_is_starts else str(list(exp.grid)))
+        + ")",
+    )
+    t.add_argument("--val-every", type=int, default=None, help="steps between validations")
+    t.add_argument(
+        "--methods",
+        type=_names,
+        default=None,
+        help=f"comma-separated subset of {[r.label for r in exp.rows]}",
+    )
+    t.add_argument("--gpu", action="store_true", help="train on the GPU (accelerator=gpu)")
+    t.add_argument(
+        "--hyper-scale",
+        type=float,
+        default=None,
+        help="multiply every method's hyper step, for runs shorter than the configs' "
+        f"horizon (default {exp.default_hyper_scale:g}, whatever --steps; 1 keeps the "
+        "configs' step)",
+    )
+    t.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="the tuner's warm-up steps (default "
+        + (
+            "the overlay's"
+            if exp.default_warmup is None
+            else f"{exp.default_warmup}, whatever --steps"
+        )
+        + ")",
+    )
+    t.add_argument(
+        "--overlay",
+        action="append",
+        type=Path,
+        default=[],
+        help="a YAML overlay merged after the method's (e.g. examples/configs/ptb/medium.yaml)",
+    )
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs already in OUT/runs.jsonl and skip them",
+    )
+    t.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        help="config override for every run: model.init_args.lr=0.05",
+    )
+
+
+def _cost_parser(sub: Any) -> None:
+    from .clocks import CLOCKS
 
     c = sub.add_parser(
         "cost",
@@ -207,7 +219,6 @@ def build_parser() -> argparse.ArgumentParser:
         "kernels and with the native ones the callback's H·v steps run on (oneDNN/cuDNN RNN "
         "kernels off)",
     )
-    return parser
 
 
 def _seeds(text: str) -> list[int]:
@@ -218,7 +229,8 @@ def _seeds(text: str) -> list[int]:
 
 
 def _ttq_parser(sub: Any) -> None:
-    from .ttq import CLOCKS, SYSTEMS, TASKS
+    from .clocks import CLOCKS
+    from .ttq import SYSTEMS, TASKS
 
     t = sub.add_parser(
         "ttq",
@@ -276,6 +288,111 @@ def _ttq_parser(sub: Any) -> None:
     )
 
 
+def _run_table1(args: argparse.Namespace) -> None:
+    """``table1``: the quadratic problem."""
+    from lightning_hyperopt.problems.quadratic import DEFAULT_SPECTRUM
+
+    from .quadratic import PAPER_SCHEDULE, run_table1
+
+    schedule = args.schedule or PAPER_SCHEDULE
+    repeats = args.repeats
+    if args.smoke:
+        schedule, repeats = tuple((max(1, n // 100), lr) for n, lr in schedule), 5
+    run_table1(
+        args.out,
+        repeats=repeats,
+        dim=args.dim,
+        seed=args.seed,
+        schedule=schedule,
+        init_lambda=args.init_lambda,
+        warmup_steps=args.warmup,
+        methods=args.methods,
+        record_every=max(1, sum(n for n, _ in schedule) // 400),
+        show_progress=not args.no_progress,
+        spectrum=args.spectrum or DEFAULT_SPECTRUM,
+    )
+    print((args.out / "table.md").read_text())
+
+
+def _run_cost(args: argparse.Namespace) -> None:
+    """``cost``: step time and memory."""
+    from .cost import run_cost
+
+    run_cost(
+        args.out,
+        models=args.models,
+        mnist_dir=args.data_dir,
+        ptb_dir=args.ptb_dir,
+        rounds=args.rounds,
+        steps=args.steps,
+        smoke=args.smoke,
+        show_progress=not args.no_progress,
+        extra=args.extra,
+        gpu=args.gpu,
+        overlays=args.overlay,
+        clock=args.clock,
+        kernels=args.kernels,
+        only=args.rows or (),
+    )
+    print((args.out / "cost.md").read_text())
+
+
+def _run_ttq(args: argparse.Namespace) -> None:
+    """``ttq``: time to quality."""
+    from .ttq import SettingError, load_online_args, run_ttq
+
+    try:
+        run_ttq(
+            args.out,
+            tasks=args.task,
+            systems=args.systems,
+            seeds=args.seeds,
+            online_args=load_online_args(args.online_args),
+            mnist_dir=args.mnist_dir,
+            ptb_dir=args.ptb_dir,
+            smoke=args.smoke,
+            steps=args.steps,
+            val_every=args.val_every,
+            resume=args.resume,
+            clock=args.clock,
+            verify=not args.no_verify,
+            max_trials=args.max_trials,
+            show_progress=not args.no_progress,
+        )
+    except SettingError as err:  # found before any run
+        raise SystemExit(f"ttq: {err}") from err
+    print((args.out / "table.md").read_text())
+
+
+def _run_experiment(args: argparse.Namespace) -> None:
+    """``table2``/``table3``: the paper's MLP and LSTM tables."""
+    from .training import EXPERIMENTS, run_experiment
+
+    run_experiment(
+        EXPERIMENTS[args.command],
+        args.out,
+        data_dir=args.data_dir,
+        steps=args.steps,
+        starts=args.starts,
+        val_every=args.val_every,
+        methods=args.methods,
+        smoke=args.smoke,
+        gpu=args.gpu,
+        resume=args.resume,
+        extra=args.extra,
+        overlays=args.overlay,
+        hyper_scale=args.hyper_scale,
+        warmup=args.warmup,
+        init_values=args.init_values,
+        grid_values=args.grid,
+        show_progress=not args.no_progress,
+    )
+    print((args.out / "table.md").read_text())
+
+
+_RUNNERS = {"table1": _run_table1, "cost": _run_cost, "ttq": _run_ttq}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse ``argv`` and run the chosen benchmark."""
     args = build_parser().parse_args(argv)
@@ -285,97 +402,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .records import quiet_lightning
 
     quiet_lightning()
-    show = not args.no_progress
-    if args.command == "table1":
-        from lightning_hyperopt.problems.quadratic import DEFAULT_SPECTRUM
-
-        from .quadratic import PAPER_SCHEDULE, run_table1
-
-        schedule = args.schedule or PAPER_SCHEDULE
-        repeats = args.repeats
-        if args.smoke:
-            schedule, repeats = tuple((max(1, n // 100), lr) for n, lr in schedule), 5
-        run_table1(
-            args.out,
-            repeats=repeats,
-            dim=args.dim,
-            seed=args.seed,
-            schedule=schedule,
-            init_lambda=args.init_lambda,
-            warmup_steps=args.warmup,
-            methods=args.methods,
-            record_every=max(1, sum(n for n, _ in schedule) // 400),
-            show_progress=show,
-            spectrum=args.spectrum or DEFAULT_SPECTRUM,
-        )
-        print((args.out / "table.md").read_text())
-    elif args.command == "cost":
-        from .cost import run_cost
-
-        run_cost(
-            args.out,
-            models=args.models,
-            mnist_dir=args.data_dir,
-            ptb_dir=args.ptb_dir,
-            rounds=args.rounds,
-            steps=args.steps,
-            smoke=args.smoke,
-            show_progress=show,
-            extra=args.extra,
-            gpu=args.gpu,
-            overlays=args.overlay,
-            clock=args.clock,
-            kernels=args.kernels,
-            only=args.rows or (),
-        )
-        print((args.out / "cost.md").read_text())
-    elif args.command == "ttq":
-        from .ttq import SettingError, load_online_args, run_ttq
-
-        try:
-            run_ttq(
-                args.out,
-                tasks=args.task,
-                systems=args.systems,
-                seeds=args.seeds,
-                online_args=load_online_args(args.online_args),
-                mnist_dir=args.mnist_dir,
-                ptb_dir=args.ptb_dir,
-                smoke=args.smoke,
-                steps=args.steps,
-                val_every=args.val_every,
-                resume=args.resume,
-                clock=args.clock,
-                verify=not args.no_verify,
-                max_trials=args.max_trials,
-                show_progress=show,
-            )
-        except SettingError as err:  # found before any run
-            raise SystemExit(f"ttq: {err}") from err
-        print((args.out / "table.md").read_text())
-    else:
-        from .training import EXPERIMENTS, run_experiment
-
-        run_experiment(
-            EXPERIMENTS[args.command],
-            args.out,
-            data_dir=args.data_dir,
-            steps=args.steps,
-            starts=args.starts,
-            val_every=args.val_every,
-            methods=args.methods,
-            smoke=args.smoke,
-            gpu=args.gpu,
-            resume=args.resume,
-            extra=args.extra,
-            overlays=args.overlay,
-            hyper_scale=args.hyper_scale,
-            warmup=args.warmup,
-            init_values=args.init_values,
-            grid_values=args.grid,
-            show_progress=show,
-        )
-        print((args.out / "table.md").read_text())
+    _RUNNERS.get(args.command, _run_experiment)(args)
 
 
 if __name__ == "__main__":

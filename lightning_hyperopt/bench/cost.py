@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import itertools
 import os
 import random
 import statistics
@@ -50,11 +49,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import move_data_to_device
 
+from .clocks import CLOCKS, check_clock
+from .recorder import recorder_class
 from .records import RunLog, environment, markdown_table, progress, write_json
 from .training import EXPERIMENTS, Experiment, Row, compose_config, instantiate
 
-#: clocks a step is timed with; the table's ratios use one of them, summary.json has both
-CLOCKS = ("wall", "cpu")
 #: configurations compared: plain training (no callback) and one row per method, without
 #: warm-up, so that every measured step pays for the λ update (the validation gradient) too
 _NO_WARMUP = {"warmup_steps": 0}
@@ -80,22 +79,6 @@ MODEL_ROWS: dict[str, tuple[Row, ...]] = {"mlp": COST_ROWS + PER_LAYER_ROWS, "ls
 def one_lambda_label(label: str) -> str | None:
     """The label of the one-λ row a per-layer row is compared with (None for a one-λ row)."""
     return label.removesuffix(PER_LAYER) if label.endswith(PER_LAYER) else None
-
-
-class StepTimer(pl.Callback):
-    """The wall clock and this process's CPU time at every ``on_train_batch_start``."""
-
-    def __init__(self) -> None:
-        self.stamps: dict[str, list[float]] = {"wall": [], "cpu": []}
-
-    def on_train_batch_start(self, *args: Any) -> None:
-        self.stamps["wall"].append(time.perf_counter())
-        self.stamps["cpu"].append(time.process_time())
-
-    def step_times(self, skip: int, clock: str = "wall") -> list[float]:
-        """Seconds between consecutive steps on ``clock``, after the first ``skip`` steps."""
-        s = self.stamps[clock][skip:]
-        return [b - a for a, b in itertools.pairwise(s)]
 
 
 @contextlib.contextmanager
@@ -241,8 +224,7 @@ def run_cost(
     unknown = [m for m in models if m not in sources]
     if unknown:
         raise ValueError(f"models: unknown {unknown}; accepted values: {sorted(sources)}")
-    if clock not in CLOCKS:
-        raise ValueError(f"clock={clock!r} is not supported; accepted values: {CLOCKS}")
+    check_clock(clock)
     if clock == "cpu" and gpu:
         raise ValueError("clock='cpu' times this process's CPU work: use clock='wall' on a GPU")
     for model in models:
@@ -286,7 +268,7 @@ def run_cost(
             per_round: dict[str, dict[str, float]] = {c: {} for c in CLOCKS}
             for row in order:
                 trainer, module, dm = fit(row, warmup + steps)
-                timer = StepTimer()
+                timer = recorder_class()(stamp_steps=True)
                 trainer.callbacks.append(timer)
                 trainer.fit(module, datamodule=dm)
                 record = {"key": f"{model}|time|{i}|{row.label}", "model": model, "round": i}
