@@ -22,6 +22,7 @@ from lightning_hyperopt.bench.ttq import (
     random_points,
     summarize,
 )
+from lightning_hyperopt.bench.ttq.tuning_free import TUNING_FREE
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,11 @@ def test_every_system_of_every_task_has_records(smoke):
         smoke_task = preset.scaled(True, None, None)
         mine = [r for r in runs if r["task"] == task]
         by = {s: [r for r in mine if r["system"] == s] for s in SYSTEMS}
-        assert all(by.values()), f"{task}: a system has no records"
+        expected = {s for s in SYSTEMS if s not in TUNING_FREE or s in preset.tuning_free}
+        assert {s for s, rs in by.items() if rs} == expected, f"{task}: systems run"
+        for system in preset.tuning_free:  # one fit at the grid's middle, its own optimizer
+            (r,) = by[system]
+            assert r["point"] == preset.middle()
         assert [r["point"] for r in by["grid"]] == [dict(p) for p in preset.grid]
         assert len(by["random"]) == len(preset.grid)
         assert len(by["online"]) == len(preset.starts) * 2  # starts × seeds 0, 1
@@ -117,11 +122,16 @@ def test_summary_reports_targets_per_task(smoke):
     summary = json.loads((smoke / "summary.json").read_text())
     for task in TASKS:
         s = summary["tasks"][task]
-        assert set(s["systems"]) == set(SYSTEMS)
-        assert set(s["targets"]) == {"grid", "optuna", "test_at_equal_time", "final_values"}
+        tuning_free = set(TASKS[task].tuning_free)
+        assert set(s["systems"]) == {x for x in SYSTEMS if x not in TUNING_FREE} | tuning_free
+        expected = {"grid", "optuna", "test_at_equal_time", "final_values"}
+        if tuning_free:  # the learning-rate tasks' targets
+            expected |= {"within_2pct", "grid_2pct_time"} | {f"vs_{x}" for x in tuning_free}
+        assert set(s["targets"]) == expected
         assert s["targets"]["test_at_equal_time"]["required"] == (task == "mnist_multi")
         assert s["grid_best"]["val_loss"] == s["systems"]["grid"]["best_val_loss"]
-        assert len(s["online"]) == 6 and set(s["curves"]) >= {"grid", "random", "optuna"}
+        assert len(s["online"]) == 2 * len(TASKS[task].starts)
+        assert set(s["curves"]) >= {"grid", "random", "optuna", *tuning_free}
     assert summary["overall"]["grid"]["tasks"] == len(TASKS)
 
 
@@ -200,14 +210,22 @@ def test_bad_settings_fail_before_any_run(tmp_path, data, extra, message):
 def test_presets():
     for name, task in TASKS.items():
         task.check()
-        assert len(task.grid) == 6 and len(task.starts) == 3, name
         assert task.scaled(True, None, None).steps < 20
+        if task.tuning_free:  # a learning rate: a 4 × 3 grid, starts lr 10× low / 3× high × 2
+            assert len(task.grid) == 12 and len(task.starts) == 4, name
+            assert task.dims[0].name == "lr_scale" and len(task.dims) == 2
+        else:
+            assert len(task.grid) == 6 and len(task.starts) == 3, name
         for d in task.dims:
             grid = [p[d.name] for p in task.grid]
             starts = [p[d.name] for p in task.starts]
             # the grid spans the search space of random search and Optuna
             assert min(grid) == pytest.approx(d.low) and max(grid) == pytest.approx(d.high)
-            if d.log:  # starts spanning 3 decades
+            if task.tuning_free:  # starts 30× apart on the learning rate, 100× on the other
+                assert max(starts) / min(starts) == pytest.approx(
+                    30 if d.name == "lr_scale" else 100
+                )
+            elif d.log:  # starts spanning 3 decades
                 assert max(starts) / min(starts) == pytest.approx(1000)
             else:  # keep probabilities: spread over most of the range
                 assert max(starts) - min(starts) >= 0.5 * (d.high - d.low)
@@ -309,3 +327,33 @@ def test_summary_arithmetic():
     per_run = {r["index"]: r for r in s["online"]}
     assert per_run[0]["optuna_at_equal_time"]["trials"] == 3  # all finished by 90 s
     assert per_run[0]["optuna_at_equal_time"]["test_loss"] == 0.26
+
+
+def test_a_learning_rate_dim_is_a_fixed_factor_or_the_tuned_lambda():
+    from lightning_hyperopt.bench.ttq import build_model
+
+    task = TASKS["mnist_lr_wd"].scaled(True, None, None)
+    point = {"lr_scale": 10.0, "wd": 0.3}
+    fixed = build_model(task, point, 0, None)
+    assert fixed.lr == pytest.approx(1e-2) and fixed.final_lr == pytest.approx(1e-4)
+    assert fixed.lr_scale is None and float(fixed.wd.value) == pytest.approx(0.3)
+    tuned = build_model(task, point, 0, None, tuned=True)
+    assert tuned.lr == pytest.approx(1e-3) and float(tuned.lr_scale.value) == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("system", ["prodigy", "schedulefree"])
+def test_a_tuning_free_system_trains_with_its_own_optimizer(system):
+    from lightning_hyperopt.bench.ttq import build_model
+    from lightning_hyperopt.bench.ttq.tuning_free import use_tuning_free
+
+    pytest.importorskip(TUNING_FREE[system])
+    task = TASKS["mnist_lr_wd"].scaled(True, None, None)
+    model = build_model(task, task.middle(), 0, None)
+    callbacks = use_tuning_free(model, system, steps=6)
+    config = model.configure_optimizers()
+    opt = config["optimizer"] if isinstance(config, dict) else config
+    assert type(opt).__name__ == {"prodigy": "Prodigy", "schedulefree": "AdamWScheduleFree"}[system]
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(task.middle()["wd"])
+    assert opt.param_groups[1]["weight_decay"] == 0.0  # biases
+    assert opt.param_groups[0]["lr"] == {"prodigy": 1.0, "schedulefree": 0.0025}[system]
+    assert len(callbacks) == (system == "schedulefree")

@@ -192,6 +192,39 @@ def _targets_markdown(t: Mapping[str, Any]) -> str:
                 _verdict(g["pass"]),
             ]
         )
+    if "within_2pct" in t:
+        g = t["within_2pct"]
+        rows.append(
+            [
+                "every online run within 2% of the grid's best validation loss",
+                f"{g['runs_ok']}/{g['runs']} runs",
+                "all runs",
+                "gaps " + ", ".join(f"{100 * x:+.1f}%" for x in g["gaps"]),
+                _verdict(g["pass"]),
+            ]
+        )
+    if "grid_2pct_time" in t:
+        g = t["grid_2pct_time"]
+        rows.append(
+            [
+                "online reaches 1.02 × the grid's best (median s ÷ grid total)",
+                _ratio(g["ratio"]),
+                f"≤ {g['threshold']}",
+                f"{g['reached']}/{g['runs']} runs reach it",
+                _verdict(g["pass"]),
+            ]
+        )
+    for key in [k for k in t if k.startswith("vs_")]:
+        g = t[key]
+        rows.append(
+            [
+                f"online best by {key[3:]}'s total time ({_seconds(g['time_s'])} s) vs its best",
+                f"{fmt(g['online_best'], 4)} vs {fmt(g['rival_best'], 4)}",
+                "online lower",
+                "median over online runs",
+                _verdict(g["pass"]),
+            ]
+        )
     if "final_values" in t:
         g = t["final_values"]
         rows.append(

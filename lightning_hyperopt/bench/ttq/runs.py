@@ -17,7 +17,8 @@ import torch
 from ..clocks import Clock
 from ..recorder import hyperparameter_values, recorder_class
 from ..records import RunLog
-from .tasks import Point, SettingError, Task, run_protocol
+from .tasks import LR_SCALE, Point, SettingError, Task, run_protocol
+from .tuning_free import TUNING_FREE, use_tuning_free
 
 
 # ------------------------------------------------------------------------------ runs
@@ -66,8 +67,13 @@ def _loaders_class() -> type:
     return Loaders
 
 
-def build_model(task: Task, point: Point, seed: int, datamodule: Any) -> Any:
-    """The task's model on ``lightning.pytorch``, seeded, with its hyperparameters at ``point``."""
+def build_model(task: Task, point: Point, seed: int, datamodule: Any, tuned: bool = False) -> Any:
+    """The task's model on ``lightning.pytorch``, seeded, with its hyperparameters at ``point``.
+
+    A learning-rate dim (:data:`LR_SCALE`) multiplies the task's ``lr`` (and ``final_lr``): for
+    a run the tuner drives (``tuned``) the model declares it (``tune_lr``: a
+    :class:`~lightning_hyperopt.LearningRate` λ, η_t = λ·lr_t), for the other systems it is a
+    fixed factor of the model's learning rates."""
     from lightning_hyperopt.core.hyperparameters import find_hyperparameters
     from lightning_hyperopt.models import for_namespace
 
@@ -76,6 +82,13 @@ def build_model(task: Task, point: Point, seed: int, datamodule: Any) -> Any:
         args["vocab_size"] = datamodule.vocab_size
     if task.model == "mlp":
         args["seed"] = seed
+    point = dict(point)
+    if LR_SCALE in point and not tuned:
+        scale = point.pop(LR_SCALE)
+        args["lr"] = args["lr"] * scale
+        args["final_lr"] = args["final_lr"] * scale
+    elif LR_SCALE in point:
+        args["tune_lr"] = True
     torch.manual_seed(seed)
     model = for_namespace(task.model)(**args)
     hyperparameters = find_hyperparameters(model)
@@ -169,7 +182,9 @@ def fit_run(
     Recorder = recorder_class("lightning.pytorch")
     task = ctx.task
     start = clock.read()
-    model = build_model(task, point, seed, ctx.datamodule)
+    model = build_model(task, point, seed, ctx.datamodule, tuned=system == "online")
+    if system in TUNING_FREE:
+        extra_callbacks = [*use_tuning_free(model, system, task.steps), *extra_callbacks]
     recorder = Recorder(clock, ctx.clock_name, budget, keep_best=True)
     callbacks: list = [recorder]
     tuner = None
@@ -215,7 +230,9 @@ def fit_run(
             "lambdas": recorder.lambdas,
             "lambda_final": hyperparameter_values(model),
             "best_val_loss": recorder.best,
-            "best_step": val["step"][val["val_loss"].index(recorder.best)],
+            "best_step": val["step"][val["val_loss"].index(recorder.best)]
+            if math.isfinite(recorder.best)
+            else None,  # every validation loss non-finite (a diverged run)
             "protocol": run_protocol(task),
             "start_s": start,
             "end_s": end,

@@ -10,10 +10,14 @@ from typing import Any
 
 from ..records import RunLog
 from .tasks import SYSTEMS, Task
+from .tuning_free import TUNING_FREE
 
 #: the targets of issue #11
 TARGET_GRID_RATIO = 0.25
 TARGET_OPTUNA_RATIO = 0.5
+#: the targets of issue #18 (learning-rate tasks)
+LR_LOSS_TOLERANCE = 1.02
+TARGET_LR_GRID_RATIO = 0.2
 SCALE_TOLERANCE = 2.0  # final λ within this factor of the grid's best (penalties, weight decay)
 KEEP_TOLERANCE = 0.05  # final keep probability within ± this of the grid's best
 
@@ -67,7 +71,7 @@ def summarize(task: Task, records: Sequence[Mapping[str, Any]], clock: str) -> d
     target = grid_best["best_val_loss"] if grid_best else None
 
     systems: dict[str, Any] = {}
-    for name in ("grid", "random", "optuna"):
+    for name in ("grid", "random", "optuna", *TUNING_FREE):
         rs = by[name]
         if not rs:
             continue
@@ -94,6 +98,9 @@ def summarize(task: Task, records: Sequence[Mapping[str, Any]], clock: str) -> d
             "total_s": total_time([r], clock),
             "final": r["lambda_final"],
             "time_to_grid_best_s": None if target is None else _first_time(r, target, clock),
+            "time_to_grid_2pct_s": None
+            if target is None
+            else _first_time(r, LR_LOSS_TOLERANCE * target, clock),
             "time_to_optuna_best_s": None
             if optuna_best is None
             else _first_time(r, optuna_best, clock),
@@ -123,7 +130,7 @@ def summarize(task: Task, records: Sequence[Mapping[str, Any]], clock: str) -> d
             "total_s": _median([r["total_s"] for r in online_runs]),
             "time_to_grid_best_s": _median([r["time_to_grid_best_s"] for r in online_runs]),
         }
-    targets = _targets(task, online_runs, systems, grid_best)
+    targets = _targets(task, online_runs, systems, grid_best, by, clock)
     interior = None
     if grid_best is not None:
         interior = {}
@@ -170,6 +177,8 @@ def _targets(
     online: Sequence[Mapping[str, Any]],
     systems: Mapping[str, Mapping[str, Any]],
     grid_best: Mapping[str, Any] | None,
+    by_system: Mapping[str, Sequence[Mapping[str, Any]]],
+    clock: str,
 ) -> dict[str, Any]:
     """Each target: the measured value, the threshold, pass/fail."""
     out: dict[str, Any] = {}
@@ -198,6 +207,8 @@ def _targets(
             "pass": online_test is not None and (rival_test is None or online_test < rival_test),
             "required": task.name == "mnist_multi",
         }
+    if task.tuning_free and "grid" in systems and systems["grid"]["total_s"] > 0:
+        out.update(_learning_rate_targets(online, systems, by_system, clock))
     if grid_best is not None:
         checks = [r["final_check"] for r in online]
         out["final_values"] = {
@@ -208,11 +219,60 @@ def _targets(
     return out
 
 
+def _learning_rate_targets(
+    online: Sequence[Mapping[str, Any]],
+    systems: Mapping[str, Mapping[str, Any]],
+    by_system: Mapping[str, Sequence[Mapping[str, Any]]],
+    clock: str,
+) -> dict[str, Any]:
+    """The learning-rate tasks' targets (issue #18): every online run's best validation loss
+    within 2% of the grid's best; the median run there within 0.2 × the grid's total time;
+    at each tuning-free system's total time, the median online run's best-so-far loss below
+    that system's best."""
+    grid = systems["grid"]
+    bound = LR_LOSS_TOLERANCE * grid["best_val_loss"]
+    gaps = [r["best_val_loss"] / grid["best_val_loss"] - 1 for r in online]
+    out: dict[str, Any] = {
+        "within_2pct": {
+            "gaps": gaps,
+            "runs_ok": sum(r["best_val_loss"] <= bound for r in online),
+            "runs": len(online),
+            "pass": all(r["best_val_loss"] <= bound for r in online),
+        },
+        "grid_2pct_time": _time_target(
+            online, "time_to_grid_2pct_s", grid["total_s"], TARGET_LR_GRID_RATIO, bound
+        ),
+    }
+    for name in TUNING_FREE:
+        if name not in systems:
+            continue
+        budget = systems[name]["total_s"]
+        at = [_best_by(r, budget, clock) for r in by_system["online"]]
+        median = _median(at)
+        out[f"vs_{name}"] = {
+            "time_s": budget,
+            "online_best": median,
+            "rival_best": systems[name]["best_val_loss"],
+            "pass": median is not None and median < systems[name]["best_val_loss"],
+        }
+    return out
+
+
+def _best_by(record: Mapping[str, Any], t: float, clock: str) -> float | None:
+    """The record's best validation loss among its validations by clock time ``t``."""
+    seen = [
+        v
+        for s, v in zip(record["val"][f"{clock}_s"], record["val"]["val_loss"], strict=True)
+        if s <= t
+    ]
+    return min(seen) if seen else None
+
+
 def _curves(by: Mapping[str, Sequence[Mapping[str, Any]]], clock: str) -> dict[str, Any]:
     """Best-so-far validation loss against the system clock: one curve per system (the runs in
     clock order); online: one per start, the median over seeds at each validation."""
     curves = {}
-    for name in ("grid", "random", "optuna"):
+    for name in ("grid", "random", "optuna", *TUNING_FREE):
         points = sorted(
             (t, v)
             for r in by[name]

@@ -20,6 +20,7 @@ from .report import plot_ttq, table_markdown
 from .runs import Context, build_datamodule, fit_run, lightning_pytorch, make_callback, run_key
 from .summary import overall, records_of, summarize, total_time
 from .tasks import SYSTEMS, TASKS, Point, SettingError, Task, protocol, run_protocol
+from .tuning_free import TUNING_FREE, check_installed
 
 TPE_STARTUP_TRIALS = 3
 PRUNER_STARTUP_TRIALS = 2
@@ -183,6 +184,9 @@ def run_ttq(
             raise SettingError(
                 "the optuna system needs the bench extra: pip install 'lightning-hyperopt[bench]'"
             ) from err
+    for system in TUNING_FREE:
+        if system in chosen and any(system in t.tuning_free for t in plan):
+            check_installed(system)
     dirs = {"mnist": Path(mnist_dir), "ptb": Path(ptb_dir)}
     datamodules = {}
     for task in plan:  # data problems (missing files, sizes) before any run
@@ -211,6 +215,9 @@ def run_ttq(
         if "optuna" in chosen:
             budget = total_time(records_of(log, task.name, "grid"), clock)
             _run_optuna(ctx, seeds[0], budget, max_trials)
+        for system in TUNING_FREE:
+            if system in chosen and system in task.tuning_free:
+                _fixed_points(ctx, system, [task.middle()], seeds[0])
         if "online" in chosen:
             _run_online(ctx, seeds)
     summary = {

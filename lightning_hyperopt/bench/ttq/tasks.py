@@ -12,7 +12,9 @@ from typing import Any
 
 from ..records import logspace
 
-SYSTEMS = ("grid", "random", "optuna", "online")
+SYSTEMS = ("grid", "random", "optuna", "prodigy", "schedulefree", "online")
+#: the name of a learning-rate dim: λ multiplies the task's ``lr`` (see ``runs.build_model``)
+LR_SCALE = "lr_scale"
 
 
 class SettingError(ValueError):
@@ -70,6 +72,17 @@ class Task:
     loss_label: str = "cross-entropy"
     smoke: Mapping[str, Any] = field(default_factory=dict)
     notes: str = ""
+    #: the tuning-free optimizers run on this task (``tuning_free.TUNING_FREE``), at the grid's
+    #: middle value of every dim but the learning rate
+    tuning_free: tuple[str, ...] = ()
+
+    def middle(self) -> dict[str, float]:
+        """Per dim, the middle of the grid's sorted values (the tuning-free systems' point)."""
+        out = {}
+        for d in self.dims:
+            values = sorted({p[d.name] for p in self.grid})
+            out[d.name] = values[(len(values) - 1) // 2]
+        return out
 
     def check(self) -> None:
         """Raise ValueError if the preset is inconsistent (names, ranges, points, steps)."""
@@ -207,6 +220,60 @@ TASKS: dict[str, Task] = {
             },
             data_args={"train_size": 5000, "batch_size": 100},
             smoke=MNIST_SMOKE,
+        ),
+        Task(
+            name="mnist_lr_wd",
+            description="MNIST MLP, 5,000 training images, AdamW: the learning rate (a factor of "
+            "lr 1e-3, cosine to 1e-5) and the decoupled weight decay",
+            model="mlp",
+            data="mnist",
+            dims=(Dim(LR_SCALE, 1.0, 31.6227766), Dim("wd", 1e-2, 1e1)),  # the grid's span
+            # 4 learning rates (1e-3 to 3.2e-2) × 3 weight decays (3 decades)
+            grid=_product(
+                lr=[{LR_SCALE: v} for v in logspace(1.0, 31.6227766, 4)],
+                wd=[{"wd": v} for v in logspace(1e-2, 1e1, 3)],
+            ),
+            # lr 10× too low and 3× too high against the pilot's best (1e-2), × 2 weight decays
+            starts=_product(
+                lr=[{LR_SCALE: 1.0}, {LR_SCALE: 30.0}],
+                wd=[{"wd": 0.03}, {"wd": 3.0}],
+            ),
+            steps=2000,
+            val_every=250,
+            model_args={
+                "l2": None,
+                "optimizer": "adamw",
+                "weight_decay": 1e-2,
+                "lr": 1e-3,
+                "final_lr": 1e-5,
+                "schedule": "cosine",
+            },
+            data_args={"train_size": 5000, "batch_size": 100},
+            smoke=MNIST_SMOKE,
+            tuning_free=("prodigy", "schedulefree"),
+        ),
+        Task(
+            name="mnist_sgd_lr_l2",
+            description="MNIST MLP, 5,000 training images, SGD with momentum 0.9: the learning "
+            "rate (a factor of lr 1e-2, exponential decay to 1e-3) and one global L2",
+            model="mlp",
+            data="mnist",
+            dims=(Dim(LR_SCALE, 0.1, 3.16227766), Dim("l2", 1e-5, 1e-2)),  # the grid's span
+            # 4 learning rates (1e-3 to 3.2e-2 at momentum 0.9) × 3 L2 (1e-5 to 1e-2)
+            grid=_product(
+                lr=[{LR_SCALE: v} for v in logspace(0.1, 3.16227766, 4)],
+                l2=[{"l2": v} for v in logspace(1e-5, 1e-2, 3)],
+            ),
+            starts=_product(
+                lr=[{LR_SCALE: 0.1}, {LR_SCALE: 3.0}],
+                l2=[{"l2": 3e-5}, {"l2": 3e-3}],
+            ),
+            steps=2000,
+            val_every=250,
+            model_args={"l2": 1e-3, "momentum": 0.9, "lr": 1e-2, "final_lr": 1e-3},
+            data_args={"train_size": 5000, "batch_size": 100},
+            smoke=MNIST_SMOKE,
+            tuning_free=("prodigy", "schedulefree"),
         ),
         Task(
             name="ptb_keep",
