@@ -36,9 +36,9 @@ from lightning_hyperopt.core.hyper_optimizers import (
     resolve_hyper_optimizer,
 )
 from lightning_hyperopt.core.hyperparameters.base import find_hyperparameters
-from lightning_hyperopt.core.methods import HyperMethod, resolve_method
+from lightning_hyperopt.core.methods import HyperMethod, default_method, resolve_method
 
-MethodName = Literal["clip", "exact", "unroll", "discount", "first_order"]
+MethodName = Literal["auto", "clip", "exact", "unroll", "discount", "first_order"]
 
 
 def _mean_over(strategy: Any):  # type: ignore[no-untyped-def]
@@ -99,10 +99,13 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
     Args:
         method: ``Clip(radius, hyper_lr_scale)``, ``Exact(hyper_lr_scale)``,
             ``Unroll(steps, hyper_lr_scale)``, ``FirstOrder(hyper_lr)``, or one of their names
-            (``"clip"``, ``"exact"``, ``"unroll"``, ``"first_order"``) for the defaults.
-            Default ``"first_order"``: with the adaptive hyper step it reached a 6-point
-            grid's best validation loss soonest on the time-to-quality tasks (docs/results.md);
-            ``Clip(radius)`` is the paper's method, unbiased where the horizon matters.
+            (``"clip"``, ``"exact"``, ``"unroll"``, ``"discount"``, ``"first_order"``) for the
+            defaults. Default ``"auto"``, chosen at fit start by
+            :func:`~lightning_hyperopt.core.methods.default_method`: ``Clip(50)`` when a
+            ``LearningRate`` or ``Momentum`` is tuned (greedy steps lower a learning rate
+            from any start: the short-horizon bias), else ``FirstOrder()``, which with the
+            adaptive hyper step reached a 6-point grid's best validation loss soonest on the
+            regularization tasks of the time-to-quality benchmark (docs/results.md).
         warmup_steps: optimizer steps before λ starts moving (the tangent moves from step 0).
         prog_bar: show each λ on the progress bar (refreshed when metrics are logged).
         adopt_dropout: at setup, replace the model's ``nn.Dropout`` modules by
@@ -123,7 +126,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
 
     def __init__(
         self,
-        method: HyperMethod | MethodName = "first_order",
+        method: HyperMethod | MethodName = "auto",
         warmup_steps: int = 0,
         prog_bar: bool = True,
         adopt_dropout: AdoptMode | None = None,
@@ -138,7 +141,9 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
                 f"{ADOPT_MODES} or None"
             )
         self.adopt_dropout = adopt_dropout
-        self.method = resolve_method(method)
+        #: the method; None until fit start for ``"auto"`` (see :func:`default_method`)
+        self.method: HyperMethod | None = None if method == "auto" else resolve_method(method)
+        self._auto = method == "auto"
         # the engine's λ step owns it (and its state); resolved here to fail at construction
         self.hyper_optimizer = resolve_hyper_optimizer(hyper_optimizer, self.method)
         self.hyper_every = count("hyper_every", hyper_every, 1)
@@ -185,6 +190,8 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
             for h in hyperparameters.values():
                 h.take_initial_value(optimizer)
         plan = self.plan = plan_fit(trainer, pl_module, hyperparameters, self._distributed)
+        if self._auto:
+            self.method = default_method(hyperparameters)
         optimized = {id(p) for g in optimizer.param_groups for p in g["params"]}
         self.engine = TangentEngine(
             self.method,

@@ -12,7 +12,8 @@ and differs only in P, in the resets and in the hyper step α_t, which each clas
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import Tensor
 
@@ -194,6 +195,28 @@ METHODS: dict[str, type[HyperMethod]] = {
     "first_order": FirstOrder,
     "discount": Discount,
 }
+
+
+#: ``Clip``'s radius in the default for a learning rate or momentum (docs/how-to/learning-rate.md)
+HORIZON_RADIUS = 50.0
+
+
+def default_method(hyperparameters: Mapping[str, Any]) -> HyperMethod:
+    """The method ``"auto"`` picks for a fit's hyperparameters:
+
+        Clip(r = 50)  if a LearningRate or Momentum is tuned,   FirstOrder()  otherwise.
+
+    The one-step (greedy) hypergradient of a learning rate favours a smaller one almost always
+    (the short-horizon bias): ``FirstOrder`` lowered it from every start on both learning-rate
+    tasks of ``bench ttq``, while ``Clip(50)`` carried λ's effect across the run and reached a
+    lower validation loss (median 0.199 against 0.242 on mnist_sgd_lr_l2). For penalties,
+    weight decay and keep probabilities ``FirstOrder`` reached the grid's best soonest."""
+    from lightning_hyperopt.core.hyperparameters.learning_rate import LearningRate
+    from lightning_hyperopt.core.hyperparameters.momentum import Momentum
+
+    if any(isinstance(h, LearningRate | Momentum) for h in hyperparameters.values()):
+        return Clip(HORIZON_RADIUS)
+    return FirstOrder()
 
 
 def resolve_method(method: str | HyperMethod) -> HyperMethod:
