@@ -7,6 +7,8 @@ bridge and the run guard; the mathematics is the engine's.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -49,6 +51,17 @@ def _mean_over(strategy: Any):  # type: ignore[no-untyped-def]
         return strategy.reduce(tensor, reduce_op="mean")
 
     return mean
+
+
+@contextlib.contextmanager
+def _resuming() -> Iterator[None]:
+    """A checkpoint's state that does not fit this fit: one clear error."""
+    try:
+        yield
+    except (KeyError, ValueError) as err:
+        raise ValueError(
+            f"OnlineHyperparamCallback cannot resume from this checkpoint: {err}"
+        ) from err
 
 
 class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
@@ -212,6 +225,9 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         if state is None:
             for h in hyperparameters.values():
                 h.take_initial_value(optimizer)
+        else:  # λ the module's state_dict does not carry, before the engine reads λ
+            with _resuming():
+                self.held.load_state_dict(state.get("values"))
         plan = self.plan = plan_fit(trainer, pl_module, hyperparameters, self._distributed)
         optimized = {id(p) for g in optimizer.param_groups for p in g["params"]}
         self.engine = TangentEngine(
@@ -229,13 +245,8 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         )
         self._module = pl_module
         if state is not None:
-            try:
+            with _resuming():
                 self.engine.load_state_dict(state["engine"])
-                self.held.load_state_dict(state.get("values"))
-            except (KeyError, ValueError) as err:
-                raise ValueError(
-                    f"OnlineHyperparamCallback cannot resume from this checkpoint: {err}"
-                ) from err
             self._restored = None
         self.validation.start(trainer, pl_module, plan, state)
         self.replay.start(plan, pl_module)
