@@ -90,13 +90,17 @@ def test_adoption_survives_checkpoint_and_resume(tmp_path):
     saver = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=at, save_top_k=-1)
     resumable_run(at, [saver])
     ckpt = tmp_path / f"epoch=1-step={at}.ckpt"
-    state = torch.load(ckpt, weights_only=True)["state_dict"]
-    assert {"drop_in.keep.value", "drop.keep.value"} <= set(state)
+    saved = torch.load(ckpt, weights_only=True)
+    # the adopted keep probabilities are the callback's: the module keeps the model's keys
+    assert set(saved["state_dict"]) == set(DropoutNet().state_dict())
+    values = saved["callbacks"]["OnlineHyperparamCallback"]["values"]
+    assert set(values) == {"drop_in.keep", "drop.keep"}
     resumed, model_resumed = resumable_run(total, ckpt_path=str(ckpt))
     assert straight[at] != straight[at - 1]
     torch.testing.assert_close(torch.tensor(resumed), torch.tensor(straight[at:]), rtol=0, atol=0)
-    for name in ("drop.keep.value", "drop_in.keep.value"):
-        assert model_resumed.state_dict()[name] == model_straight.state_dict()[name]
+    for name in ("drop", "drop_in"):
+        keep = getattr(model_resumed, name).keep.value
+        assert keep == getattr(model_straight, name).keep.value
 
 
 class InStepProbe(Regression):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import Regression, fit, make_trainer, regression_data
+from conftest import Regression, fit, make_trainer, pl, regression_data
 from torch.utils.data import DataLoader
 
 from lightning_hyperopt import (
@@ -76,8 +76,18 @@ def test_missing_loss_methods():
     class NoValidationLoss(Steps):
         validation_loss = None
 
-    steps = fit_raises(NoValidationLoss("l2"), TypeError, r"must define `validation_loss\(batch\)")
-    assert steps == 0
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", self.data_loss(batch))  # logs its loss, returns nothing
+
+    class NoValidationStep(NoValidationLoss):
+        validation_step = pl.LightningModule.validation_step
+
+    # the probe finds validation_step's None; without a validation_step, setup says so
+    match = r"validation_step returned None.*return the loss from validation_step.*must define"
+    match += r" `validation_loss\(batch\)"
+    assert fit_raises(NoValidationLoss("l2"), TypeError, match) == 0
+    match = r"must define `validation_loss\(batch\) -> Tensor`, or a `validation_step` that"
+    assert fit_raises(NoValidationStep("l2"), TypeError, match) == 0
 
 
 def test_no_validation_data():
@@ -210,21 +220,30 @@ def test_non_finite_validation_loss_at_start():
     assert fit_raises(NaNValidation("l2"), ValueError, r"validation_loss returned nan") == 0
 
 
-def test_dropout_model_without_training_loss():
+def test_dropout_model_without_a_replayable_training_loss():
+    """Without training_loss the replays take training_step's loss; a step that returns no
+    loss is an error before the first step, naming both ways out."""
     from lightning_hyperopt import KeepProbability, TunableDropout
 
-    class NoReplay(Steps):
+    class NoReplay(Regression):
         training_loss = None
+        steps = 0
 
         def __init__(self):
             super().__init__("none")
             self.drop = TunableDropout(KeepProbability(0.8))
 
         def training_step(self, batch, batch_idx):
-            return self.data_loss(batch)
+            type(self).steps += 1
+            return {"out": self.data_loss(batch)}
 
-    match = r"must define `training_loss\(batch\) -> Tensor`.*\['drop.keep'\]"
-    assert fit_raises(NoReplay(), TypeError, match) == 0
+    match = (
+        r"NoReplay.training_step returned a dict without a 'loss' tensor \(keys: \['out'\]\)"
+        r".*return the loss from training_step.*must define `training_loss\(batch\) -> Tensor`"
+    )
+    with pytest.raises(TypeError, match=match):
+        fit(NoReplay())
+    assert NoReplay.steps == 1  # the probe's call, before any training step
 
 
 def test_bad_max_nonfinite_steps():

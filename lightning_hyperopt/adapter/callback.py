@@ -7,6 +7,8 @@ bridge and the run guard; the mathematics is the engine's.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -23,6 +25,7 @@ from lightning_hyperopt.adapter.fit_plan import (
     plan_fit,
 )
 from lightning_hyperopt.adapter.graph import GraphBridge, grad_scaler_state
+from lightning_hyperopt.adapter.held import HeldHyperparameters
 from lightning_hyperopt.adapter.replay import StepReplay
 from lightning_hyperopt.adapter.run_guard import RunGuard
 from lightning_hyperopt.adapter.scaled_step import ScaledStep
@@ -35,7 +38,7 @@ from lightning_hyperopt.core.hyper_optimizers import (
     HyperOptimizerName,
     resolve_hyper_optimizer,
 )
-from lightning_hyperopt.core.hyperparameters.base import find_hyperparameters
+from lightning_hyperopt.core.hyperparameters.base import Hyperparameter
 from lightning_hyperopt.core.methods import HyperMethod, default_method, resolve_method
 
 MethodName = Literal["auto", "clip", "exact", "unroll", "discount", "first_order"]
@@ -50,8 +53,20 @@ def _mean_over(strategy: Any):  # type: ignore[no-untyped-def]
     return mean
 
 
+@contextlib.contextmanager
+def _resuming() -> Iterator[None]:
+    """A checkpoint's state that does not fit this fit: one clear error."""
+    try:
+        yield
+    except (KeyError, ValueError) as err:
+        raise ValueError(
+            f"OnlineHyperparamCallback cannot resume from this checkpoint: {err}"
+        ) from err
+
+
 class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
-    """Tunes the hyperparameters a LightningModule declares, online, during ``fit``.
+    """Tunes a LightningModule's hyperparameters online, during ``fit``: those the callback
+    brings (``tune=``, ``adopt_dropout=``) and those the module declares.
 
     Carries y_j = dθ/dλ_j for every declared :class:`Hyperparameter` λ_j along the optimizer's
     trajectory, y ← P(dθ_{t+1}/dλ) with ġ = H y + ∂g_T/∂λ through gradient clipping and the
@@ -66,18 +81,30 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
     H y uses the step's own batch, dropout masks and batch-norm statistics, and nothing is run
     twice.
 
+    An unmodified LightningModule is enough for the optimizer's settings and its dropout:
+    ``tune={"weight_decay": WeightDecay(), "lr": LearningRate()}`` and
+    ``adopt_dropout="shared"``. Their values are saved in this callback's state, not in the
+    module's ``state_dict``, so the module's class loads the checkpoint as it is (strictly,
+    without the callback), and a resumed fit with the callback restores them.
+
     The LightningModule provides:
 
     - a ``training_step`` that returns the regularized training loss L_T(θ, λ), as usual;
-    - ``validation_loss(batch) -> Tensor``: the unregularized L_V(θ), computed in eval mode:
-      dropout is off, and batch-norm layers normalize with their running statistics and do
-      not update them (the g_V pass leaves every buffer as it was);
-    - hyperparameters as :class:`Hyperparameter` submodules (``L2Penalty``, ``WeightDecay``,
-      ``KeepProbability``…);
-    - only for finite-difference hyperparameters (a dropout ``KeepProbability``):
-      ``training_loss(batch) -> Tensor``, the same L_T as ``training_step``'s, which the
-      callback replays at λ ± ε with coupled masks (twice per micro-batch). It should have no
-      side effects (no ``self.log``, no counters);
+    - the unregularized L_V(θ), computed in eval mode (dropout is off, and batch-norm layers
+      normalize with their running statistics and do not update them: the g_V pass leaves
+      every buffer as it was): ``validation_loss(batch) -> Tensor`` if it defines one, else
+      the loss ``validation_step(batch, batch_idx)`` returns (a scalar tensor, or a dict's
+      ``"loss"``). ``self.log`` calls made during the callback's passes are dropped (and
+      torchmetrics states restored): the logged validation metrics are Lightning's own;
+    - hyperparameters the loss depends on as :class:`Hyperparameter` submodules
+      (``L2Penalty`` for per-layer L2, a generic ``Hyperparameter`` for a custom scalar);
+      optimizer-side ones (``WeightDecay``, ``LearningRate``, ``Momentum``) may be declared
+      there too, or passed as ``tune=``;
+    - for finite-difference hyperparameters (a dropout ``KeepProbability``), the callback
+      replays L_T at λ ± ε with coupled masks (twice per micro-batch): ``training_loss(batch)
+      -> Tensor`` if the module defines one (the same L_T as ``training_step``'s), else
+      ``training_step(batch, batch_idx)`` itself, with its logging dropped. Either should have
+      no other side effects (no counters);
     - optionally ``hyperopt_dataloader()`` (on the datamodule or the module): the loader g_V is
       drawn from, endlessly; by default the validation dataloader. It is independent of
       Lightning's validation loop.
@@ -106,12 +133,17 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
             from any start: the short-horizon bias), else ``FirstOrder()``, which with the
             adaptive hyper step reached a 6-point grid's best validation loss soonest on the
             regularization tasks of the time-to-quality benchmark (docs/results.md).
+        tune: hyperparameters the callback brings, by name (logged as ``hyperopt/<name>``),
+            tuned as if the module declared them: those that act through the optimizer
+            (``WeightDecay``, ``LearningRate``, ``Momentum``). A name the module declares too
+            is an error at setup. From LightingCLI YAML: a mapping of ``class_path`` entries.
         warmup_steps: optimizer steps before λ starts moving (the tangent moves from step 0).
         prog_bar: show each λ on the progress bar (refreshed when metrics are logged).
         adopt_dropout: at setup, replace the model's ``nn.Dropout`` modules by
             :class:`TunableDropout` layers (see :func:`adopt_dropout`) with one shared keep
             probability (``"shared"``) or one per module (``"per_module"``), starting at 1 − p;
-            ``None`` leaves the model as it is.
+            ``None`` leaves the model as it is. The keep probabilities are saved in the
+            callback's state: the module's ``state_dict`` keeps the unmodified model's keys.
         max_nonfinite_steps: consecutive training steps with a non-finite loss
             after which the run stops with an error.
         hyper_optimizer: the hyper step: ``AdaptiveStep(lr, max_step)`` (scale-free: one
@@ -127,6 +159,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
     def __init__(
         self,
         method: HyperMethod | MethodName = "auto",
+        tune: dict[str, Hyperparameter] | None = None,
         warmup_steps: int = 0,
         prog_bar: bool = True,
         adopt_dropout: AdoptMode | None = None,
@@ -141,6 +174,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
                 f"{ADOPT_MODES} or None"
             )
         self.adopt_dropout = adopt_dropout
+        self.held = HeldHyperparameters(tune)
         #: the method; None until fit start for ``"auto"`` (see :func:`default_method`)
         self.method: HyperMethod | None = None if method == "auto" else resolve_method(method)
         self._auto = method == "auto"
@@ -172,13 +206,20 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
             return
         self._distributed = check_trainer(trainer, pl_module)
         if self.adopt_dropout is not None:
-            # before the optimizer exists and before a checkpoint's state_dict is loaded
-            adopt_dropout(pl_module, self.adopt_dropout)
-        check_replays(pl_module, find_hyperparameters(pl_module))
+            # before the optimizer exists and before a checkpoint's state_dict is loaded; the
+            # keep probabilities stay out of the module's state_dict (this callback saves them)
+            adopt_dropout(pl_module, self.adopt_dropout, persistent=False)
+        check_replays(pl_module, self.held.tuned(pl_module))
+
+    @property
+    def tune(self) -> dict[str, Hyperparameter]:
+        """The hyperparameters the callback brings (``tune=``), by name."""
+        return self.held.tune
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        hyperparameters = find_hyperparameters(pl_module)
+        hyperparameters = self.held.tuned(pl_module)
         optimizer = check_hyperparameters(trainer, pl_module, hyperparameters)
+        self.held.start(pl_module, hyperparameters)
         # a checkpoint's state, or this callback's own when `fit` is called again on the same
         # model (the tuning continues; a fresh optimizer restarts only the optimizer tangents)
         state = self._restored
@@ -189,6 +230,9 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         if state is None:
             for h in hyperparameters.values():
                 h.take_initial_value(optimizer)
+        else:  # λ the module's state_dict does not carry, before the engine reads λ
+            with _resuming():
+                self.held.load_state_dict(state.get("values"))
         plan = self.plan = plan_fit(trainer, pl_module, hyperparameters, self._distributed)
         if self._auto:
             self.method = default_method(hyperparameters)
@@ -208,15 +252,11 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         )
         self._module = pl_module
         if state is not None:
-            try:
+            with _resuming():
                 self.engine.load_state_dict(state["engine"])
-            except (KeyError, ValueError) as err:
-                raise ValueError(
-                    f"OnlineHyperparamCallback cannot resume from this checkpoint: {err}"
-                ) from err
             self._restored = None
         self.validation.start(trainer, pl_module, plan, state)
-        self.replay.start(plan)
+        self.replay.start(plan, pl_module)
         self.guard.start()
         self._logged = False
         self.bridge.start(pl_module, self.engine, plan)
@@ -232,7 +272,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         engine = self._engine
         engine.track(True)  # the training step's loss needs a graph to autograd λs
         self.bridge.enter_step(engine)
-        self.replay.capture(trainer, pl_module, batch)
+        self.replay.capture(trainer, pl_module, batch, batch_idx)
 
     def on_before_backward(
         self, trainer: Trainer, pl_module: LightningModule, loss: Tensor
@@ -329,7 +369,11 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
     def state_dict(self) -> dict[str, Any]:
         if self.engine is None:
             return {} if self._restored is None else dict(self._restored)
-        return {"engine": self.engine.state_dict(), **self.validation.state_dict()}
+        return {
+            "engine": self.engine.state_dict(),
+            **self.validation.state_dict(),
+            "values": self.held.state_dict(),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = dict(state_dict) if state_dict else None

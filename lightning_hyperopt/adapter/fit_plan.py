@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from lightning_hyperopt._lightning import namespace_of
+from lightning_hyperopt.adapter.module_losses import ModuleLoss
 from lightning_hyperopt.core.hyperparameters.base import Hyperparameter
 from lightning_hyperopt.core.kernels import has_rnn
 from lightning_hyperopt.core.optim import GradientClipping
@@ -69,7 +70,7 @@ def check_strategy(strategy: Any) -> bool:
 
 
 def check_trainer(trainer: Trainer, pl_module: LightningModule) -> bool:
-    """At setup: the strategy, automatic optimization, ``validation_loss`` and Lightning's own
+    """At setup: the strategy, automatic optimization, a source of L_V and Lightning's own
     gradient clipping (the tangent follows no other). Returns whether the fit is distributed."""
     distributed = check_strategy(trainer.strategy)
     if not pl_module.automatic_optimization:
@@ -77,10 +78,11 @@ def check_trainer(trainer: Trainer, pl_module: LightningModule) -> bool:
             "OnlineHyperparamCallback needs automatic optimization; manual optimization "
             "(automatic_optimization = False) is not supported"
         )
-    if not callable(getattr(pl_module, "validation_loss", None)):
+    if not ModuleLoss.available(pl_module, "validation_loss", "validation_step"):
         raise TypeError(
-            f"{type(pl_module).__name__} must define `validation_loss(batch) -> Tensor` for "
-            "OnlineHyperparamCallback: the unregularized L_V whose gradient g_V moves λ"
+            f"{type(pl_module).__name__} must define `validation_loss(batch) -> Tensor`, or a "
+            "`validation_step` that returns the loss, for OnlineHyperparamCallback: the "
+            "unregularized L_V whose gradient g_V moves λ"
         )
     ns = namespace_of(trainer)
     overridden = type(pl_module).configure_gradient_clipping
@@ -97,14 +99,15 @@ def check_trainer(trainer: Trainer, pl_module: LightningModule) -> bool:
 
 
 def check_replays(pl_module: LightningModule, hyperparameters: dict[str, Hyperparameter]) -> None:
-    """Finite-difference hyperparameters need ``training_loss`` to replay the step's loss."""
+    """Finite-difference hyperparameters replay the step's loss: ``training_loss``, else the
+    loss ``training_step`` returns."""
     finite_difference = [
         name for name, h in hyperparameters.items() if h.drift_source == "finite_difference"
     ]
-    if finite_difference and not callable(getattr(pl_module, "training_loss", None)):
+    if finite_difference and not ModuleLoss.available(pl_module, "training_loss", "training_step"):
         raise TypeError(
-            f"{type(pl_module).__name__} must define `training_loss(batch) -> Tensor` (the "
-            f"loss training_step returns): hyperparameters {finite_difference} are "
+            f"{type(pl_module).__name__} must define `training_loss(batch) -> Tensor`, or a "
+            f"`training_step` that returns the loss: hyperparameters {finite_difference} are "
             "differentiated by finite differences of replayed training losses"
         )
 
@@ -115,8 +118,10 @@ def check_hyperparameters(
     """At fit start: something to tune, and one optimizer; returns it."""
     if not hyperparameters:
         raise ValueError(
-            f"{type(pl_module).__name__} declares no hyperparameter: add a Hyperparameter, "
-            "L2Penalty, WeightDecay or KeepProbability submodule (from lightning_hyperopt)"
+            f"{type(pl_module).__name__} declares no hyperparameter: pass "
+            "OnlineHyperparamCallback(tune={'weight_decay': WeightDecay(), 'lr': "
+            "LearningRate()}) or adopt_dropout='shared', or add a Hyperparameter, L2Penalty, "
+            "WeightDecay or KeepProbability submodule (from lightning_hyperopt)"
         )
     if len(trainer.optimizers) != 1:
         raise ValueError(

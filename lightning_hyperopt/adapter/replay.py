@@ -5,6 +5,8 @@ replays of a dropout keep probability.
     commit (on_after_backward)      only micro-batches whose loss reached the gradient
     losses()                        training_loss(batch) / accumulate_grad_batches per committed
                                     micro-batch, drawn from its own RNG state: the step's masks
+                                    (without training_loss: training_step's loss, logging
+                                    dropped)
 
 The replays' side effects on buffers (batch-norm running statistics and counters) are undone:
 the training step already updated them once.
@@ -20,11 +22,12 @@ import torch
 from torch import Tensor
 
 from lightning_hyperopt.adapter.fit_plan import FitPlan, LightningModule, Trainer
+from lightning_hyperopt.adapter.module_losses import ModuleLoss, Quiet
 from lightning_hyperopt.core.arguments import check_probed_loss
 from lightning_hyperopt.core.hyperparameters.base import Hyperparameter
 from lightning_hyperopt.core.kernels import native_rnn_kernels
 
-Captured = tuple[Any, Tensor, Tensor | None]
+Captured = tuple[Any, int, Tensor, Tensor | None]
 
 
 @contextlib.contextmanager
@@ -58,23 +61,35 @@ class StepReplay:
         self._probe = False
         self._pending: Captured | None = None
         self._stash: list[Captured] = []
+        self._source: ModuleLoss | None = None
+        self._quiet = Quiet()
 
-    def start(self, plan: FitPlan) -> None:
+    def start(self, plan: FitPlan, pl_module: LightningModule) -> None:
         """A new fit: replays only when some hyperparameter needs them; the first captured
-        batch probes ``training_loss`` first."""
+        batch probes ``training_loss`` (or ``training_step``) first."""
         self.enabled, self._native_rnn = plan.replays, plan.native_rnn
         self._probe = plan.replays
+        if self.enabled:
+            self._source = ModuleLoss(pl_module, "training_loss", "training_step")
+            self._quiet.start(pl_module)
         self.clear()
 
-    def capture(self, trainer: Trainer, pl_module: LightningModule, batch: Any) -> None:
+    def _loss(self, pl_module: LightningModule, batch: Any, batch_idx: int) -> Tensor:
+        assert self._source is not None
+        with self._quiet(pl_module):
+            return self._source(pl_module, batch, batch_idx)
+
+    def capture(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         """Before the training step: its batch and the RNG state it will draw from."""
         if not self.enabled:
             return
         if self._probe:
             self._probe = False
-            self.probe(trainer, pl_module, batch)
+            self.probe(trainer, pl_module, batch, batch_idx)
         cuda = torch.cuda.get_rng_state() if pl_module.device.type == "cuda" else None
-        self._pending = (batch, torch.get_rng_state(), cuda)
+        self._pending = (batch, batch_idx, torch.get_rng_state(), cuda)
 
     def commit(self) -> None:
         """After a backward: the captured micro-batch reached the gradient (a training_step
@@ -91,27 +106,31 @@ class StepReplay:
         (scaled like the originals)."""
         devices = _devices(pl_module)
         scale = trainer.accumulate_grad_batches
-        for batch, cpu_state, cuda_state in self._stash:
+        for batch, batch_idx, cpu_state, cuda_state in self._stash:
             kernels = native_rnn_kernels() if self._native_rnn else contextlib.nullcontext()
             with torch.random.fork_rng(devices=devices), kernels:
                 torch.set_rng_state(cpu_state)
                 if cuda_state is not None:
                     torch.cuda.set_rng_state(cuda_state, pl_module.device)
                 with trainer.precision_plugin.forward_context():
-                    loss = pl_module.training_loss(batch)
+                    loss = self._loss(pl_module, batch, batch_idx)
             yield loss / scale
 
     def replaying(self, pl_module: LightningModule) -> contextlib.AbstractContextManager:
         """The context the replays run in: buffers restored afterwards."""
         return restoring_buffers(pl_module) if self.enabled else contextlib.nullcontext()
 
-    def probe(self, trainer: Trainer, pl_module: LightningModule, batch: Any) -> None:
-        """``training_loss`` on the first training batch, before its step: a finite scalar."""
+    def probe(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """``training_loss`` (or ``training_step``) on the first training batch, before its
+        step: a finite scalar."""
         with (
             torch.random.fork_rng(devices=_devices(pl_module)),
             restoring_buffers(pl_module),
             torch.no_grad(),
             trainer.precision_plugin.forward_context(),
         ):
-            loss = pl_module.training_loss(batch)
-        check_probed_loss("training_loss", loss)
+            loss = self._loss(pl_module, batch, batch_idx)
+        assert self._source is not None
+        check_probed_loss(self._source.name, loss)

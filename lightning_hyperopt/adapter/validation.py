@@ -3,6 +3,8 @@ validation loss on them.
 
     L_V(θ) = module.validation_loss(batch),   batch = the next of this process's share
 
+(or, for a module without ``validation_loss``, the loss its ``validation_step`` returns; the
+module's logging is dropped there: see :mod:`~lightning_hyperopt.adapter.module_losses`)
 computed in eval mode (dropout off, batch-norm running statistics, every buffer left as it was)
 with a graph to the parameters. The stream is the module's or datamodule's
 ``hyperopt_dataloader()``, else the validation dataloader, drawn with a seed per pass (the
@@ -23,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from lightning_hyperopt._lightning import namespace_of
 from lightning_hyperopt.adapter.fit_plan import FitPlan, LightningModule, Trainer
+from lightning_hyperopt.adapter.module_losses import ModuleLoss, NoLoss, Quiet
 from lightning_hyperopt.core.arguments import check_probed_loss
 from lightning_hyperopt.core.kernels import native_rnn_kernels
 
@@ -101,6 +104,9 @@ class ValidationStream:
         self.index = 0
         self._iter: Iterator[Any] | None = None
         self._plan: FitPlan | None = None
+        self._source: ModuleLoss | None = None
+        self._quiet = Quiet()
+        self._batch_idx = 0
 
     def start(
         self, trainer: Trainer, pl_module: LightningModule, plan: FitPlan, state: dict | None
@@ -108,6 +114,8 @@ class ValidationStream:
         """Find the loader; the seed is rank 0's (so the processes' shares partition the
         stream), or the checkpoint's with its position."""
         self._plan = plan
+        self._source = ModuleLoss(pl_module, "validation_loss", "validation_step")
+        self._quiet.start(pl_module)
         self.loader = find_loader(trainer, pl_module)
         self.seed = int(trainer.strategy.broadcast(int(torch.initial_seed()) % (2**62)))
         self.passes, self.index = 0, 0
@@ -137,6 +145,7 @@ class ValidationStream:
             except StopIteration:
                 self._iter, self.passes, self.index = None, self.passes + 1, 0
                 continue
+            self._batch_idx = self.index // plan.world
             self.index += plan.world
             return block[plan.rank]
         raise ValueError(
@@ -146,11 +155,13 @@ class ValidationStream:
 
     def loss(self, trainer: Trainer, pl_module: LightningModule, batch: Any = None) -> Tensor:
         """L_V on ``batch`` (default: the stream's next), with a graph to the parameters."""
-        plan = self._plan
-        assert plan is not None
-        batch = trainer.precision_plugin.convert_input(
-            self.next_batch() if batch is None else batch
-        )
+        plan, source = self._plan, self._source
+        assert plan is not None and source is not None
+        if batch is None:
+            batch = self.next_batch()
+        else:
+            self._batch_idx = 0
+        batch = trainer.precision_plugin.convert_input(batch)
         if plan.transfer_hooks:
             # the batch-transfer hooks see a validation batch (`trainer.validating`), so
             # training-only augmentation there leaves g_V's batches alone
@@ -169,13 +180,17 @@ class ValidationStream:
             eval_mode(pl_module, plan.plain_train),
             kernels,
             trainer.precision_plugin.forward_context(),
+            self._quiet(pl_module),
         ):
-            return pl_module.validation_loss(batch)
+            return source(pl_module, batch, self._batch_idx)
 
     def probe(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """One validation batch through ``validation_loss`` before any training step: a batch
-        the hook cannot take, or a loss that is not a finite scalar with a graph, fails now,
-        not at the first λ update (after the warm-up)."""
+        """One validation batch through ``validation_loss`` (or ``validation_step``) before any
+        training step: a batch the hook cannot take, a step that returns no loss, or a loss that
+        is not a finite scalar with a graph, fails now, not at the first λ update (after the
+        warm-up)."""
+        assert self._source is not None
+        hook = self._source.name
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             try:
@@ -187,16 +202,20 @@ class ValidationStream:
             try:
                 with torch.enable_grad():
                     loss = self.loss(trainer, pl_module, batch)
+            except NoLoss:
+                raise
             except Exception as err:
                 raise ValueError(
-                    f"validation_loss failed on a batch of the validation dataloader before "
+                    f"{hook} failed on a batch of the validation dataloader before "
                     f"training started: {type(err).__name__}: {err}"
                 ) from err
-        check_probed_loss("validation_loss", loss)
+        check_probed_loss(hook, loss)
         if not loss.requires_grad:
+            alternative = "; or define `validation_loss(batch) -> Tensor`"
             raise ValueError(
-                "validation_loss returned a tensor without a graph to the parameters: compute "
-                "it from the model's outputs (g_V is its gradient)"
+                f"{hook} returned a tensor without a graph to the parameters: compute it from "
+                "the model's outputs, not detached (g_V is its gradient)"
+                + (alternative if hook == "validation_step" else "")
             )
 
     def state_dict(self) -> dict[str, int]:

@@ -5,7 +5,7 @@ Plain tensors, lists and numbers only (torch's weights-only loading accepts them
 would not): the tangent y and the optimizer-state tangents, first order's direction, the step
 and update counters, the last learning rate, the non-finite counts, and the λ step's state (its
 update points and the hyper optimizer's moments). λ itself is the hyperparameters' buffer, in
-the module's ``state_dict``.
+the module's ``state_dict`` (those the Lightning callback brings are in its own state).
 """
 
 from __future__ import annotations

@@ -173,13 +173,17 @@ def adopt_dropout(
     init: float | None = None,
     bounds: tuple[float, float] = (0.1, 1.0),
     eps: float = 0.05,
+    persistent: bool = True,
 ) -> dict[str, TunableDropout]:
     """Replace every ``nn.Dropout(p)`` in ``module`` by a :class:`TunableDropout` with λ = 1 − p.
 
     ``mode="shared"``: one KeepProbability for all of them (``init`` or their common 1 − p);
     ``mode="per_module"``: one each (``init`` or each module's 1 − p). A KeepProbability is
     named ``<dropout path>.keep`` (the first path when shared). Layers that are already
-    TunableDropout are kept, so adopting twice changes nothing. Dropout that is not an
+    TunableDropout are kept, so adopting twice changes nothing. ``persistent=False`` leaves the
+    new keep probabilities out of ``module.state_dict()`` (whoever tunes them saves them: the
+    callback does, in its own state), so the module's checkpoint has the keys of the model as
+    it was, and its unmodified class loads it strictly. Dropout that is not an
     ``nn.Dropout`` module (``nn.LSTM(dropout=…)``, ``nn.MultiheadAttention``'s) cannot be
     replaced and is reported with a warning; ``nn.Dropout1d/2d/3d`` (channel masks) are left.
 
@@ -226,6 +230,7 @@ def adopt_dropout(
     for name, keep in keeps.items():
         if mode == "per_module" or current is None:  # shared: the first one serves them all
             current = KeepProbability(keep, bounds, eps=eps).to(device)
+            current.register_buffer("value", current.value, persistent=persistent)
         parent, _, child = name.rpartition(".")
         setattr(module.get_submodule(parent), child, TunableDropout(current))
     return {name: m for name, m in module.named_modules() if isinstance(m, TunableDropout)}

@@ -4,8 +4,9 @@
   its example), in a temporary working directory (logs and checkpoints land there).
 - ```yaml blocks parse; a complete LightningCLI config (it has a ``model`` key) runs a few
   steps through ``lightning_hyperopt.cli.build_cli``, and a callbacks-only overlay (only a
-  ``trainer`` key) is instantiated on top of ``examples/configs/quadratic/base.yaml`` (every
-  key, type and value checked; it is meant for the reader's model, so it is not fitted).
+  ``trainer`` key, with ``callbacks`` or ``callbacks+``) is instantiated on top of
+  ``examples/configs/quadratic/base.yaml`` (every key, type and value checked; it is meant for
+  the reader's model, so it is not fitted).
 - ```bash blocks: every ``--config`` file they name exists; every benchmark command
   (``python -m lightning_hyperopt.bench …``) parses with the runner's current flags; every file
   or test a page cites (``tests/…py::test_name``, ``benchmarks/…py``, ``examples/…yaml``)
@@ -103,7 +104,7 @@ def test_yaml_snippets_parse_and_configs_run(page, line, source, tmp_path, monke
     assert isinstance(config, dict), f"{rel(page)}:{line} is not a YAML mapping"
     if "model" in config:  # a complete config: it runs
         configs, run = [], True
-    elif set(config) == {"trainer"} and "callbacks" in config["trainer"]:
+    elif set(config) == {"trainer"} and {"callbacks", "callbacks+"} & set(config["trainer"]):
         # a callbacks overlay for the reader's own model: the parser and the constructors
         # check every key, type and value on top of the quadratic problem's config
         configs, run = [BASE_CONFIG], False
