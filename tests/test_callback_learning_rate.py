@@ -46,8 +46,9 @@ class Tunable(Regression):
             opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, dampening=0.1)
         elif kind == "adam":
             opt = torch.optim.Adam(self.parameters(), lr=self.lr)
-        else:
-            opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=0.01)
+        else:  # "adamw", or "adamw_amsgrad" / "adamw_foreach" / "adamw_fused"
+            variant = {kind.removeprefix("adamw_"): True} if kind != "adamw" else {}
+            opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=0.01, **variant)
         if self.schedule is None:
             return opt
         if self.schedule == "step":
@@ -153,6 +154,17 @@ def test_learning_rate_tangent_equals_finite_differences(optimizer, clip):
     check_tangent(build, "lr_scale", clip=setting, delta=1e-8 if "adam" in optimizer else 1e-6)
     if clip != "none":  # active on some steps, not all
         assert all(0 < n < 25 for n in CLIPPED_STEPS), CLIPPED_STEPS
+
+
+@pytest.mark.parametrize("variant", ["adamw_amsgrad", "adamw_foreach", "adamw_fused"])
+def test_learning_rate_tangent_through_adamw_variants(variant):
+    """AdamW with amsgrad (the running maximum of v̂), and its foreach and fused
+    implementations: the same exact tangent (norm clipping active on some steps)."""
+
+    def build():
+        return Tunable(variant, schedule="step", tune={"lr_scale": LearningRate()})
+
+    check_tangent(build, "lr_scale", clip=("norm", CLIP_AT["adamw"]["norm"]))
 
 
 @pytest.mark.parametrize("optimizer, group", [("sgd_nesterov_two_groups", 1), ("adamw", None)])
