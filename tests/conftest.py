@@ -157,6 +157,41 @@ def fit(
     return cb, rec, trainer
 
 
+def optimized_params(optimizer):
+    """The optimizer's trained parameters laid end to end, in the engine's order (group order,
+    those requiring grad)."""
+    return torch.cat(
+        [
+            p.detach().reshape(-1)
+            for g in optimizer.param_groups
+            for p in g["params"]
+            if p.requires_grad
+        ]
+    )
+
+
+def exact_tangent_and_finite_difference(build, steps, data, hyper, delta=1e-6, batch_size=None):
+    """(y of hyperparameter ``hyper`` after a fit with ``Exact()`` and λ held fixed, the central
+    difference (θ_T(λ + δ) − θ_T(λ − δ)) / 2δ of two plain Lightning trainings without the
+    callback). ``build()`` returns a fresh, seeded model; ``data``: (train, val) datasets."""
+    from lightning_hyperopt import Exact
+
+    model = build()
+    cb, _, _ = fit(model, Exact(), steps, batch_size, NO_UPDATE, data=data)
+    tangent = torch.cat([t.reshape(-1) for t in cb.engine.tangents[cb.engine.names.index(hyper)]])
+
+    def shifted(sign):
+        from lightning_hyperopt import find_hyperparameters
+
+        m = build()
+        find_hyperparameters(m)[hyper].value.add_(sign * delta)
+        trainer = make_trainer([], steps)
+        trainer.fit(m, DataLoader(data[0], batch_size=batch_size or len(data[0])))
+        return optimized_params(trainer.optimizers[0])
+
+    return tangent, (shifted(+1) - shifted(-1)) / (2 * delta)
+
+
 # small models: one thread avoids oversubscribing the (2-core) CI machine
 torch.set_num_threads(1)
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -32,7 +33,8 @@ class GraphBridge:
     def __init__(self) -> None:
         self.patched = False
         self._native_rnn = False
-        self._saved_kernels: tuple[bool, bool] | None = None  # while a step runs natively
+        #: entered while a step that needs H·y runs (kernels with a double backward)
+        self._kernels: contextlib.AbstractContextManager | None = None
 
     def start(self, pl_module: LightningModule, engine: TangentEngine, plan: FitPlan) -> None:
         """Stand in for ``pl_module.backward`` for this fit, where the plan says so."""
@@ -56,16 +58,18 @@ class GraphBridge:
         engine.backward(loss, fill_grads=False)  # the module's own backward follows
 
     def enter_step(self, engine: TangentEngine) -> None:
-        """Before a training step: native RNN kernels when its backward needs H·y (cuDNN's
-        RNN has no double backward)."""
-        if self._native_rnn and engine.needs_graph and self._saved_kernels is None:
-            self._saved_kernels = kernels.kernels_off()
+        """Before a training step whose backward needs H·y: kernels with a double backward
+        (SDPA's math kernel, compiled code run eagerly, native RNN kernels; see
+        :func:`~lightning_hyperopt.core.kernels.second_order_kernels`)."""
+        if engine.needs_graph and self._kernels is None:
+            self._kernels = kernels.second_order_kernels(self._native_rnn)
+            self._kernels.__enter__()
 
     def exit_step(self) -> None:
         """After the step's tangent: the kernels as they were."""
-        if self._saved_kernels is not None:
-            kernels.restore(self._saved_kernels)
-            self._saved_kernels = None
+        if self._kernels is not None:
+            guard, self._kernels = self._kernels, None
+            guard.__exit__(None, None, None)
 
     def end(self, pl_module: LightningModule) -> None:
         """The fit ended (or failed): kernels and ``backward`` as they were."""

@@ -1,9 +1,17 @@
-"""Kernel guards: run the steps that need second derivatives (or a backward in eval mode) on
+"""Kernel guards: the steps that need second derivatives (or a backward in eval mode) run on
 kernels that have them.
 
-cuDNN's RNN kernel has no double backward (and no backward in eval mode); on the CPU the native
-LSTM's double back-prop is faster than oneDNN's. So the steps that need H·y, and the g_V passes,
-of a model with an ``nn.RNNBase`` run with cuDNN and oneDNN off; every other step keeps them.
+    a step that needs H·y:  SDPA on the math kernel, ``torch.compile``'d code run eagerly,
+                            RNNs (of a model that has one) on the native kernels
+    every other step:       the fast kernels
+    g_V passes:             the fast kernels; RNNs on the native ones
+
+Why: the flash and memory-efficient SDPA kernels (CPU and CUDA) have no double backward; code
+compiled by ``torch.compile`` (aot_autograd) has none either; cuDNN's RNN has no double backward
+and no backward in eval mode, and on the CPU the native LSTM's double back-prop is faster than
+oneDNN's. The math kernel computes the same attention with its T × T weights materialized (more
+memory on long sequences, see docs/how-to/cost.md); compiled code run eagerly computes the same
+function as compiled, up to rounding.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def kernels_off() -> tuple[bool, bool]:
@@ -34,6 +43,19 @@ def native_rnn_kernels() -> Iterator[None]:
         yield
     finally:
         restore(saved)
+
+
+@contextlib.contextmanager
+def second_order_kernels(native_rnn: bool) -> Iterator[None]:
+    """Within the context, every kernel has a double backward: SDPA runs the math kernel,
+    ``torch.compile``'d functions and modules run eagerly, and with ``native_rnn`` RNNs run
+    on the native kernels. Each setting is restored on exit."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        stack.enter_context(torch.compiler.set_stance("force_eager"))
+        if native_rnn:
+            stack.enter_context(native_rnn_kernels())
+        yield
 
 
 def has_rnn(module: torch.nn.Module) -> bool:
