@@ -2,7 +2,10 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import Regression, fit, make_trainer, pl, regression_data
+from torch.autograd.function import once_differentiable
+from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
 
 from lightning_hyperopt import (
@@ -53,10 +56,11 @@ class Steps(Regression):
 
 
 def fit_raises(model, error, match, **kwargs):
-    Steps.steps = 0
+    """Fits ``model`` expecting the error; returns the number of training steps taken."""
+    Steps.steps = type(model).steps = 0
     with pytest.raises(error, match=match):
         fit(model, **kwargs)
-    return Steps.steps
+    return max(Steps.steps, type(model).steps)
 
 
 def test_module_without_hyperparameter():
@@ -249,3 +253,146 @@ def test_dropout_model_without_a_replayable_training_loss():
 def test_bad_max_nonfinite_steps():
     with pytest.raises(ValueError, match=r"max_nonfinite_steps=0 must be an integer >= 1"):
         OnlineHyperparamCallback(max_nonfinite_steps=0)
+
+
+class Checkpointed(Steps):
+    """The last layer under ``torch.utils.checkpoint``; ``where``: in both losses, or in the
+    training loss only."""
+
+    def __init__(self, use_reentrant, where="both"):
+        super().__init__("l2")
+        self.use_reentrant, self.where = use_reentrant, where
+
+    def forward(self, x):
+        h = torch.tanh(self.first(x))
+        if self.where == "both" or self.training:
+            return checkpoint(self.second, h, use_reentrant=self.use_reentrant)
+        return self.second(h)
+
+
+REENTRANT = (
+    r"torch.utils.checkpoint\(..., use_reentrant=True\) cannot be differentiated .* "
+    r"pass use_reentrant=False"
+)
+
+
+@pytest.mark.parametrize("method", [FirstOrder(), Clip(5.0), Exact()], ids=type)
+def test_reentrant_checkpointing_is_named_at_fit_start(method):
+    """The probe differentiates validation_loss: reentrant checkpointing refuses .grad()."""
+    match = r"validation_loss, differentiated for g_V before training started: " + REENTRANT
+    assert fit_raises(Checkpointed(True), ValueError, match, method=method) == 0
+
+
+def test_reentrant_checkpointing_in_the_training_loss_only():
+    """Clip's first backward needs .grad(): named before the first optimizer step. FirstOrder
+    back-propagates with .backward(), which reentrant checkpointing supports: it trains."""
+    model = Checkpointed(True, where="train")
+    before = [p.detach().clone() for p in model.parameters()]
+    match = r"the training loss, back-propagated by OnlineHyperparamCallback: " + REENTRANT
+    assert fit_raises(model, ValueError, match, method=Clip(5.0)) == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    _, rec, _ = fit(Checkpointed(True, where="train"), FirstOrder(), 3)
+    assert rec.values[-1][0] != 1e-3
+
+
+@pytest.mark.parametrize("method", [FirstOrder(), Clip(5.0), Exact()], ids=type)
+def test_non_reentrant_checkpointing_trains(method):
+    _, rec, _ = fit(Checkpointed(False), method, 3)
+    assert rec.values[-1][0] != 1e-3
+
+
+class Embedded(Steps):
+    """Regression plus an embedding of the signs of three inputs, its gradient sparse by the
+    module (``sparse="module"``) or by ``F.embedding(..., sparse=True)`` (``"functional"``).
+    The L2 penalty leaves the embedding out (its dense gradient would make the sum dense)."""
+
+    def __init__(self, sparse="module", momentum=0.0):
+        super().__init__("l2", momentum=momentum)
+        self.sparse = sparse
+        self.emb = torch.nn.Embedding(8, 16, sparse=sparse == "module").double()
+
+    def forward(self, x):
+        idx = (x[:, :3] > 0).long() @ torch.tensor([1, 2, 4])
+        e = F.embedding(idx, self.emb.weight, sparse=self.sparse != "none")
+        return self.second(torch.tanh(self.first(x) + e))
+
+    def training_loss(self, batch):
+        return self.data_loss(batch) + self.l2(
+            [*self.first.parameters(), *self.second.parameters()]
+        )
+
+
+SPARSE = r"pass sparse=False, or use FirstOrder\(\), which reads sparse gradients densely"
+
+
+@pytest.mark.parametrize("method", [Clip(5.0), Exact(), Unroll(2)], ids=type)
+def test_sparse_embedding_is_named_at_fit_start(method):
+    match = rf"{type(method).__name__}: emb \(Embedding\(..., sparse=True\)\) .*" + SPARSE
+    assert fit_raises(Embedded("module"), ValueError, match, method=method) == 0
+
+
+@pytest.mark.parametrize("method", [Clip(5.0), Unroll(2)], ids=type)
+def test_sparse_gradient_is_named_before_the_first_optimizer_step(method):
+    """F.embedding(sparse=True): no module to name; the first gradient's layout is checked,
+    in Clip's create-graph backward, and before Unroll's first step (which needs no H·y)."""
+    model = Embedded("functional")
+    before = [p.detach().clone() for p in model.parameters()]
+    match = r"parameter 4 \(shape \(8, 16\)\) is sparse .*" + SPARSE
+    assert fit_raises(model, ValueError, match, method=method) == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_first_order_reads_sparse_gradients_densely(momentum):
+    """FirstOrder with sparse gradients: the same λ trajectory as the dense embedding."""
+    trajectories = []
+    for sparse in ("module", "none"):
+        _, rec, _ = fit(Embedded(sparse, momentum), FirstOrder(), 6, batch_size=8)
+        trajectories.append(torch.tensor(rec.values))
+    assert (trajectories[1] != 1e-3).all()
+    torch.testing.assert_close(trajectories[0], trajectories[1], rtol=1e-12, atol=0)
+
+
+class TwiceUndifferentiable(torch.autograd.Function):
+    """tanh with a backward that cannot itself be differentiated."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad * (1 - y * y)
+
+
+class FusedAttention(Steps):
+    """A kernel without a double backward called directly (as libraries that pick their own
+    fused kernels do): CPU flash attention, which the SDPA guard cannot switch."""
+
+    def forward(self, x):
+        h = torch.tanh(self.first(x)).view(-1, 1, 4, 4)
+        a = torch._scaled_dot_product_flash_attention_for_cpu(h, h, h)[0]
+        return self.second(a.reshape(-1, 16))
+
+
+class OnceDifferentiable(Steps):
+    def forward(self, x):
+        return self.second(TwiceUndifferentiable.apply(self.first(x)))
+
+
+@pytest.mark.parametrize("build", [FusedAttention, OnceDifferentiable], ids=lambda c: c.__name__)
+def test_an_operation_without_double_backward_is_named_before_the_first_optimizer_step(build):
+    """A kernel's missing derivative raises in torch; a @once_differentiable backward does not
+    (its curvature would silently be 0) and is found in the graph. Both name FirstOrder,
+    which trains."""
+    model = build("l2")
+    before = [p.detach().clone() for p in model.parameters()]
+    match = r"an operation in the training loss has no double backward.*use FirstOrder\(\)"
+    assert fit_raises(model, ValueError, match, method=Clip(5.0)) == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    _, rec, _ = fit(build("l2"), FirstOrder(), 3)
+    assert rec.values[-1][0] != 1e-3

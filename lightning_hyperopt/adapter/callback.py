@@ -21,6 +21,7 @@ from lightning_hyperopt.adapter.fit_plan import (
     Trainer,
     check_hyperparameters,
     check_replays,
+    check_sparse_gradients,
     check_trainer,
     plan_fit,
 )
@@ -236,6 +237,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         plan = self.plan = plan_fit(trainer, pl_module, hyperparameters, self._distributed)
         if self._auto:
             self.method = default_method(hyperparameters)
+        check_sparse_gradients(pl_module, self.method)
         optimized = {id(p) for g in optimizer.param_groups for p in g["params"]}
         self.engine = TangentEngine(
             self.method,

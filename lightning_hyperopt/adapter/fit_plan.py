@@ -10,6 +10,7 @@ import torch
 
 from lightning_hyperopt._lightning import namespace_of
 from lightning_hyperopt.adapter.module_losses import ModuleLoss
+from lightning_hyperopt.core.autograd_limits import SPARSE_FIX
 from lightning_hyperopt.core.hyperparameters.base import Hyperparameter
 from lightning_hyperopt.core.kernels import has_rnn
 from lightning_hyperopt.core.optim import GradientClipping
@@ -129,6 +130,23 @@ def check_hyperparameters(
             f"got {len(trainer.optimizers)}"
         )
     return trainer.optimizers[0]
+
+
+def check_sparse_gradients(pl_module: LightningModule, method: Any) -> None:
+    """The methods with a tangent need H·y, which sparse gradients do not support: an
+    ``nn.Embedding``/``nn.EmbeddingBag`` with ``sparse=True`` is named at fit start (other sparse
+    gradients are caught at the first backward)."""
+    if not method.uses_tangent:
+        return
+    sparse = [
+        f"{name} ({type(m).__name__}(..., sparse=True))"
+        for name, m in pl_module.named_modules()
+        if isinstance(m, torch.nn.Embedding | torch.nn.EmbeddingBag) and m.sparse
+    ]
+    if sparse:
+        raise ValueError(
+            f"{type(method).__name__}: {', '.join(sparse)} gives a sparse gradient; {SPARSE_FIX}"
+        )
 
 
 def plan_fit(

@@ -27,6 +27,7 @@ from lightning_hyperopt._lightning import namespace_of
 from lightning_hyperopt.adapter.fit_plan import FitPlan, LightningModule, Trainer
 from lightning_hyperopt.adapter.module_losses import ModuleLoss, NoLoss, Quiet
 from lightning_hyperopt.core.arguments import check_probed_loss
+from lightning_hyperopt.core.autograd_limits import named_limits
 from lightning_hyperopt.core.kernels import native_rnn_kernels
 
 
@@ -186,9 +187,10 @@ class ValidationStream:
 
     def probe(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """One validation batch through ``validation_loss`` (or ``validation_step``) before any
-        training step: a batch the hook cannot take, a step that returns no loss, or a loss that
-        is not a finite scalar with a graph, fails now, not at the first λ update (after the
-        warm-up)."""
+        training step, and its gradient: a batch the hook cannot take, a step that returns no
+        loss, a loss that is not a finite scalar with a graph, or a graph ``torch.autograd.grad``
+        cannot go through (reentrant checkpointing) fails now, not at the first λ update (after
+        the warm-up)."""
         assert self._source is not None
         hook = self._source.name
         with torch.random.fork_rng(devices=[]):
@@ -216,6 +218,11 @@ class ValidationStream:
                 f"{hook} returned a tensor without a graph to the parameters: compute it from "
                 "the model's outputs, not detached (g_V is its gradient)"
                 + (alternative if hook == "validation_step" else "")
+            )
+        # g_V is its gradient: what autograd.grad cannot go through fails here, not at step 1
+        with named_limits(f"{hook}, differentiated for g_V before training started"):
+            torch.autograd.grad(
+                loss, [p for p in pl_module.parameters() if p.requires_grad], allow_unused=True
             )
 
     def state_dict(self) -> dict[str, int]:

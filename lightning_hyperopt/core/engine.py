@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from lightning_hyperopt.core.arguments import check_scalar_loss
+from lightning_hyperopt.core.autograd_limits import named_limits
 from lightning_hyperopt.core.checkpoint import engine_metrics, engine_state, load_engine_state
 from lightning_hyperopt.core.hyper_optimizers import HyperOptimizer
 from lightning_hyperopt.core.hyper_step import HyperStep
@@ -113,6 +114,7 @@ class TangentEngine:
             params + [t for t in extra_grad_targets if id(t) not in known],
             m,
             self.terms.graph_rows,
+            dense_only=method.uses_tangent,
         )
         self.hyper_step = HyperStep.of(
             method, self.names, self.hypers, hyper_optimizer, warmup_steps, hyper_every
@@ -266,6 +268,7 @@ class TangentEngine:
         if self.reduce is not None:  # every process takes the same decision
             finite = self.reduce(finite.to(drift.dtype)) == 1.0
         step_ok, bad_step = self.guard.step_flags(finite, step_skipped)
+        window.check_layouts(p.grad for p in self.params)  # before the first step
         rule = self.rule
         dots = self.settings.dots
         grad = self.layout.flatten(p.grad for p in self.params) if rule.reads_grad(dots) else None
@@ -309,7 +312,8 @@ class TangentEngine:
             return False
         with not_recorded():
             loss = check_scalar_loss("validation_loss must return", validation_loss())
-        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        with named_limits("validation_loss, differentiated for g_V"):
+            grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         g_val = self.layout.flatten(grads).to(self.tangent.dtype)
         if self.method.uses_tangent:
             hypergradient = torch.mv(self.tangent, g_val)

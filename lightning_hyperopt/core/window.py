@@ -14,13 +14,18 @@ window's micro-batches, with the gradient in ``p.grad`` as ``loss.backward()`` l
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
 
 from lightning_hyperopt.core import functional
-from lightning_hyperopt.core.optim.layout import FlatLayout
+from lightning_hyperopt.core.autograd_limits import (
+    check_dense,
+    check_twice_differentiable,
+    named_limits,
+)
+from lightning_hyperopt.core.optim.layout import FlatLayout, dense
 
 
 class DriftWindow:
@@ -32,6 +37,9 @@ class DriftWindow:
             and any other trained tensor of the model).
         rows: m, the number of hyperparameters.
         graph_rows: (row j, λ_j's value, its name) for the hyperparameters in the loss's graph.
+        dense_only: the method needs H·y at some step, which sparse gradients do not support:
+            the first gradient seen must be dense (:meth:`check_layouts`); otherwise sparse
+            gradients are read densely.
     """
 
     def __init__(
@@ -40,9 +48,13 @@ class DriftWindow:
         grad_targets: Sequence[Tensor],
         rows: int,
         graph_rows: Sequence[tuple[int, Tensor, str]],
+        dense_only: bool = True,
     ) -> None:
         self.layout, self.grad_targets, self.rows = layout, list(grad_targets), rows
         self.graph_rows = list(graph_rows)
+        self.dense_only = dense_only
+        self._layouts_checked = not dense_only
+        self._graph_checked = False
         self.open = False
         self.micro_batches = 0
         self.drift: Tensor | None = None
@@ -85,6 +97,17 @@ class DriftWindow:
         """
         finite = torch.isfinite(loss.detach())
         self.loss_ok = finite if self.loss_ok is None else self.loss_ok & finite
+        with named_limits("the training loss, back-propagated by OnlineHyperparamCallback"):
+            self._backward(loss, tangent_views, fill_grads, run_backward)
+        self.micro_batches += 1
+
+    def _backward(
+        self,
+        loss: Tensor,
+        tangent_views: Sequence[Tensor] | None,
+        fill_grads: bool,
+        run_backward: Callable[[], None] | None,
+    ) -> None:
         keep = not fill_grads
         values = [value for _, value, _ in self.graph_rows]
         params = self.layout.params
@@ -94,6 +117,10 @@ class DriftWindow:
                 loss, [*targets, *values], create_graph=True, allow_unused=True
             )
             grads = firsts[: len(targets)]
+            self.check_layouts(grads[: len(params)])
+            if not self._graph_checked:  # once: the graph's kinds of nodes do not change
+                check_twice_differentiable(grads, "the training loss, differentiated for H·y")
+                self._graph_checked = True
             if fill_grads:
                 _accumulate(targets, grads)
             found = functional.second_order_drift(
@@ -123,7 +150,13 @@ class DriftWindow:
                     loss.backward(inputs=self.grad_targets)
                 else:
                     run_backward()
-        self.micro_batches += 1
+
+    def check_layouts(self, grads: Iterable[Tensor | None]) -> None:
+        """Once, at the first gradient seen (a backward for H·y, or ``p.grad`` before the first
+        step): every gradient dense, if the method needs H·y at some step."""
+        if not self._layouts_checked:
+            check_dense(grads, self.layout.params, "the training step's backward")
+            self._layouts_checked = True
 
     def _hyper_grads(self, found: Sequence[Tensor | None]) -> dict[int, Tensor]:
         out = {}
@@ -137,7 +170,7 @@ class DriftWindow:
         return out
 
     def _add(self, per_param: Sequence[Tensor]) -> None:
-        flat = torch.cat([d.reshape(d.shape[0], -1) for d in per_param], dim=1)
+        flat = torch.cat([dense(d).reshape(d.shape[0], -1) for d in per_param], dim=1)
         self.drift = flat if self.drift is None else self.drift.add_(flat)
 
 

@@ -48,11 +48,12 @@ class FlatLayout:
         return cls(params), group_of
 
     def flatten(self, tensors: Iterable[Tensor | None]) -> Tensor:
-        """One vector (N,) from one tensor per parameter (``None`` reads as zeros)."""
+        """One vector (N,) from one tensor per parameter (``None`` reads as zeros, a sparse
+        tensor densely)."""
         parts = [
             torch.zeros(n, dtype=self.dtype, device=self.device)
             if t is None
-            else t.detach().reshape(-1)
+            else dense(t.detach()).reshape(-1)
             for t, n in zip(tensors, self.sizes, strict=True)
         ]
         return torch.cat(parts) if len(parts) > 1 else parts[0].clone()
@@ -67,3 +68,9 @@ class FlatLayout:
         sizes = torch.tensor(self.sizes[span], device=self.device)
         values = torch.as_tensor(list(per_param), device=self.device)
         return torch.repeat_interleave(values, sizes)
+
+
+def dense(t: Tensor) -> Tensor:
+    """``t`` as a strided tensor: a sparse gradient (``nn.Embedding(sparse=True)``) is read
+    densely, at the cost of one dense copy of it."""
+    return t.to_dense() if t.is_sparse else t
