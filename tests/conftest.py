@@ -16,7 +16,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_hyperopt import Hyperparameter, L2Penalty, OnlineHyperparamCallback, WeightDecay
+from lightning_hyperopt import (
+    Hyperparameter,
+    L2Penalty,
+    OnlineHyperparamCallback,
+    WeightDecay,
+    find_hyperparameters,
+)
 from lightning_hyperopt.bench.records import bare_trainer
 
 NAMESPACE = os.environ.get("LIGHTNING_HYPEROPT_TEST_NAMESPACE", "pytorch_lightning")
@@ -170,10 +176,21 @@ def optimized_params(optimizer):
     )
 
 
+class WriteSettings(pl.Callback):
+    """Writes the module's optimizer-setting hyperparameters (``WeightDecay``, ``Momentum``)
+    into the optimizer at the start of a plain training, as the callback would."""
+
+    def on_train_start(self, trainer, pl_module):
+        for h in find_hyperparameters(pl_module).values():
+            h.write_to(trainer.optimizers[0])
+
+
 def exact_tangent_and_finite_difference(build, steps, data, hyper, delta=1e-6, batch_size=None):
     """(y of hyperparameter ``hyper`` after a fit with ``Exact()`` and λ held fixed, the central
     difference (θ_T(λ + δ) − θ_T(λ − δ)) / 2δ of two plain Lightning trainings without the
-    callback). ``build()`` returns a fresh, seeded model; ``data``: (train, val) datasets."""
+    callback; settings such as ``WeightDecay`` written into the optimizer, not a
+    ``LearningRate`` scale). ``build()`` returns a fresh, seeded model; ``data``: (train, val)
+    datasets."""
     from lightning_hyperopt import Exact
 
     model = build()
@@ -181,11 +198,9 @@ def exact_tangent_and_finite_difference(build, steps, data, hyper, delta=1e-6, b
     tangent = torch.cat([t.reshape(-1) for t in cb.engine.tangents[cb.engine.names.index(hyper)]])
 
     def shifted(sign):
-        from lightning_hyperopt import find_hyperparameters
-
         m = build()
         find_hyperparameters(m)[hyper].value.add_(sign * delta)
-        trainer = make_trainer([], steps)
+        trainer = make_trainer([WriteSettings()], steps)
         trainer.fit(m, DataLoader(data[0], batch_size=batch_size or len(data[0])))
         return optimized_params(trainer.optimizers[0])
 
