@@ -112,11 +112,21 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
 
     A module that overrides ``backward`` itself (or training under DDP) keeps its own
     backward: the callback then takes H y from the same graph just before it
-    (``on_before_backward``), which costs one more backward pass. Replays and g_V passes of
-    models that contain an ``nn.RNNBase`` run on the native kernels (cuDNN's RNN has no double
-    backward). The finite-difference replays restore the RNG state taken in this callback's
-    ``on_train_batch_start``, so they draw the training step's own uniforms as long as nothing
-    between that hook and ``training_step`` draws random numbers.
+    (``on_before_backward``), which costs one more backward pass. The finite-difference
+    replays restore the RNG state taken in this callback's ``on_train_batch_start``, so they
+    draw the training step's own uniforms as long as nothing between that hook and
+    ``training_step`` draws random numbers.
+
+    Kernels: a step that needs H y (every step of ``Clip`` and ``Exact``; never ``FirstOrder``)
+    runs ``F.scaled_dot_product_attention`` on the math kernel (the flash and memory-efficient
+    kernels have no double backward), ``torch.compile``'d code eagerly, and RNNs on the native
+    kernels (cuDNN's RNN has no double backward); the other steps keep the fast kernels. The
+    math kernel materializes the attention weights, B·heads·T² values per attention layer kept
+    until the double back-prop is done: on a GPU with long sequences, the memory to plan for
+    (docs/how-to/cost.md). Replays and g_V passes of models that contain an ``nn.RNNBase`` run
+    on the native kernels too. Reentrant checkpointing, sparse gradients with a tangent method
+    and operations without a double backward are refused with their fix before the first
+    optimizer step (docs/how-to/supported-models.md).
 
     Non-finite values never reach λ: a step whose training loss is not finite
     moves neither y nor λ and is counted (``hyperopt/<name>/nonfinite``); the first one is
