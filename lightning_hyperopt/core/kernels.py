@@ -20,7 +20,6 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def kernels_off() -> tuple[bool, bool]:
@@ -51,11 +50,25 @@ def second_order_kernels(native_rnn: bool) -> Iterator[None]:
     ``torch.compile``'d functions and modules run eagerly, and with ``native_rnn`` RNNs run
     on the native kernels. Each setting is restored on exit."""
     with contextlib.ExitStack() as stack:
-        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
-        stack.enter_context(torch.compiler.set_stance("force_eager"))
+        stack.enter_context(_math_attention())
+        set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)
+        if set_stance is not None:  # torch ≥ 2.6; before, compiled code fails with a named error
+            stack.enter_context(set_stance("force_eager"))
         if native_rnn:
             stack.enter_context(native_rnn_kernels())
         yield
+
+
+def _math_attention() -> contextlib.AbstractContextManager:
+    """SDPA restricted to the math kernel (``torch.nn.attention.sdpa_kernel``, torch ≥ 2.3;
+    the older ``torch.backends.cuda.sdp_kernel`` flags before)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - torch < 2.3
+        return torch.backends.cuda.sdp_kernel(
+            enable_flash=False, enable_math=True, enable_mem_efficient=False
+        )
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 def has_rnn(module: torch.nn.Module) -> bool:
