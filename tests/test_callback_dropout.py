@@ -229,3 +229,40 @@ def test_recurrent_model_with_gradient_accumulation():
     rec, _ = run(model, cb, 2, accumulate_grad_batches=2)
     assert model.replays == 2 * 2 * 2  # 2 steps × 2 micro-batches × (λ₊, λ₋)
     assert len(rec.values) == 4 and rec.values[-1] != rec.values[0]
+
+
+def test_first_order_runs_finite_differences_only_before_lambda_updates(monkeypatch):
+    """FirstOrder with hyper_every=k: the keep probability's finite-difference replays run
+    on the steps followed by a λ update only (none during the warm-up, one step in k after
+    it), and λ and θ follow exactly the trajectory of replaying at every step."""
+    import lightning_hyperopt.core.terms as terms
+    from lightning_hyperopt.core.hyper_step import HyperStep
+
+    calls = []
+    original = terms.add_finite_differences
+
+    def counted(drift, rows, hypers, contexts, replay):
+        calls.append(contexts[0].step)
+        return original(drift, rows, hypers, contexts, replay)
+
+    monkeypatch.setattr(terms, "add_finite_differences", counted)
+
+    def fit():
+        torch.manual_seed(0)
+        model = DropoutNet(p_in=0.1, p_hidden=0.3).double()
+        cb = OnlineHyperparamCallback(
+            FirstOrder(hyper_lr=0.5), adopt_dropout="per_module", warmup_steps=2, hyper_every=3
+        )
+        rec, _ = run(model, cb, 12)
+        return rec.values, [p.detach().clone() for p in model.parameters()]
+
+    values, params = fit()
+    # steps t = 0..11, warm-up t < 2, then every 3rd update point: λ moves after t = 4, 7, 10
+    assert calls == [4, 7, 10]
+    assert values[3] == values[0] and values[4] != values[3] and values[5] == values[4]
+    calls.clear()
+    monkeypatch.setattr(HyperStep, "will_update", lambda self, step: True)  # replay every step
+    every_values, every_params = fit()
+    assert calls == list(range(12))
+    assert values == every_values  # bit for bit
+    assert all(torch.equal(a, b) for a, b in zip(params, every_params))

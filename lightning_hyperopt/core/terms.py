@@ -114,10 +114,13 @@ class DriftTerms:
         step: int,
         loss_scale: Tensor | float | None,
         replay: Replay | None,
+        finite_differences: bool = True,
     ) -> Tensor:
         """The step's drift (m, N): the graph's terms ``drift`` (``None``: none), plus the
         closed-form terms, divided by the loss scale the back-propagated losses carried, plus
-        the finite differences of ``replay``'s (unscaled) losses."""
+        the finite differences of ``replay``'s (unscaled) losses. ``finite_differences=False``
+        leaves the finite-difference rows without their term (for a step whose drift no λ
+        update reads: first order between two updates) and replays nothing."""
         if drift is None:  # no term from the graph (first order with closed-form λ): reuse
             if self._zeros is None:
                 self._zeros = torch.zeros(
@@ -131,7 +134,7 @@ class DriftTerms:
         add_closed_form(drift, self.closed_form_rows, self.hypers, contexts)
         if loss_scale is not None:
             drift = drift / loss_scale
-        if self.finite_difference_rows:
+        if self.finite_difference_rows and finite_differences:
             if replay is None:
                 raise ValueError(
                     "finite-difference hyperparameters "
