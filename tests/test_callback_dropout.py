@@ -229,3 +229,100 @@ def test_recurrent_model_with_gradient_accumulation():
     rec, _ = run(model, cb, 2, accumulate_grad_batches=2)
     assert model.replays == 2 * 2 * 2  # 2 steps × 2 micro-batches × (λ₊, λ₋)
     assert len(rec.values) == 4 and rec.values[-1] != rec.values[0]
+
+
+def test_first_order_runs_finite_differences_only_before_lambda_updates(monkeypatch):
+    """FirstOrder with hyper_every=k: the keep probability's finite-difference replays run
+    on the steps followed by a λ update only (none during the warm-up, one step in k after
+    it), and λ and θ follow exactly the trajectory of replaying at every step."""
+    import lightning_hyperopt.core.terms as terms
+    from lightning_hyperopt.core.hyper_step import HyperStep
+
+    calls = []
+    original = terms.add_finite_differences
+
+    def counted(drift, rows, hypers, contexts, *args):
+        calls.append(contexts[0].step)
+        return original(drift, rows, hypers, contexts, *args)
+
+    monkeypatch.setattr(terms, "add_finite_differences", counted)
+
+    def fit():
+        torch.manual_seed(0)
+        model = DropoutNet(p_in=0.1, p_hidden=0.3).double()
+        cb = OnlineHyperparamCallback(
+            FirstOrder(hyper_lr=0.5), adopt_dropout="per_module", warmup_steps=2, hyper_every=3
+        )
+        rec, _ = run(model, cb, 12)
+        return rec.values, [p.detach().clone() for p in model.parameters()]
+
+    values, params = fit()
+    # steps t = 0..11, warm-up t < 2, then every 3rd update point: λ moves after t = 4, 7, 10
+    assert calls == [4, 7, 10]
+    assert values[3] == values[0] and values[4] != values[3] and values[5] == values[4]
+    calls.clear()
+    monkeypatch.setattr(HyperStep, "will_update", lambda self, step: True)  # replay every step
+    every_values, every_params = fit()
+    assert calls == list(range(12))
+    assert values == every_values  # bit for bit
+    assert all(torch.equal(a, b) for a, b in zip(params, every_params))
+
+
+class OneSidedProbe(Regression):
+    """One keep probability, one-sided; its training step computes, on its own masks, the
+    one-sided estimate (g_T(m₊, λ₊) − g_T(m, λ)) / ε by hand (u from the step's RNG state)."""
+
+    def __init__(self):
+        super().__init__("none")
+        self.keep = KeepProbability(0.6, eps=0.05, difference="one_sided")
+        self.drop = TunableDropout(self.keep)
+        self.expected = []
+
+    def forward(self, x):
+        return self.second(self.drop(torch.tanh(self.first(x))))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        state = torch.get_rng_state()
+        loss = self.training_loss(batch)
+        params = [*self.first.parameters(), *self.second.parameters()]
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(state)
+            h = torch.tanh(self.first(x))
+            u = torch.rand(h.shape, dtype=torch.float32)
+            lam, plus = float(self.keep.value), float(self.keep.value) + 0.05
+            grads = []
+            for keep in (lam, plus):
+                out = self.second(h * (u < keep).to(h.dtype) / keep)
+                loss_k = nn.functional.mse_loss(out, y)
+                grads.append(torch.autograd.grad(loss_k, params, retain_graph=True))
+        self.expected.append(
+            torch.cat([(b - a).reshape(-1) for a, b in zip(*grads)]) / (plus - lam)
+        )
+        return loss
+
+
+def test_one_sided_difference_uses_the_step_masks_and_one_replay(monkeypatch):
+    import lightning_hyperopt.core.terms as terms
+
+    taken, replays = [], []
+    original = terms.add_finite_differences
+
+    def recording(drift, rows, hypers, contexts, replay, own_gradient=None):
+        before = drift.clone()
+
+        def counted():
+            replays.append(contexts[0].step)
+            return replay()
+
+        original(drift, rows, hypers, contexts, counted, own_gradient)
+        taken.append((drift - before)[0].clone())
+
+    monkeypatch.setattr(terms, "add_finite_differences", recording)
+    model = OneSidedProbe()
+    rec, _ = run(model, OnlineHyperparamCallback(FirstOrder(hyper_lr=1e-3), warmup_steps=0), 5)
+    assert replays == [0, 1, 2, 3, 4]  # one replay per step, not two
+    assert rec.values[-1] != [0.6] and all(0.5 < v < 0.7 for (v,) in rec.values)  # λ + ε < 1
+    assert len(taken) == len(model.expected) == 5
+    for got, expected in zip(taken, model.expected):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)

@@ -1,8 +1,11 @@
 """Cost of online tuning, measured in one process: time per training step and peak memory with
 the callback (each method) against plain training, for the MLP and the LSTM.
 
-Configurations: the experiment's base config alone ("plain": a fixed λ, no callback) and with
-each method's overlay, through LightningCLI, on the real data of Tables 2 and 3. For the MLP
+Configurations: the experiment's base config alone ("plain": a fixed λ, no callback), the
+same with the floor callback ("floor": plus one batch of the validation loader and one
+forward/backward on it after every step, what any online method must compute; see
+:mod:`~lightning_hyperopt.bench.floor`), and with each method's overlay, through LightningCLI,
+on the real data of Tables 2 and 3. For the MLP
 also with one L2 coefficient per weight matrix (``per_layer_l2``: 4 λ for 784-100-100-100-10):
 the same model with its penalties fixed ("plain per-layer") and tuned by several methods.
 
@@ -13,8 +16,9 @@ to 0 so that λ is updated at every measured step). A callback stamps the wall c
 ``on_train_batch_start``; a fit's step time is the median difference after the ``warmup``
 first steps: everything a step costs (data, training step, tuner, logging). Configurations are
 interleaved in a fresh seeded random order in each of ``rounds`` rounds; the table gives the
-median over rounds of the step time, of its ratio to the plain fit of the same round, and for
-a per-layer row of its ratio to the same method's one-λ fit of the same round. Wall time is
+median over rounds of the step time, of its ratio to the plain fit and to the floor fit of the
+same round, and for a per-layer row of its ratio to the same method's one-λ fit of the same
+round. Wall time is
 what a run takes; CPU time (``clock="cpu"``) is the work done, which other jobs on shared
 cores inflate far less, provided torch runs one thread (with several, waiting threads spin and
 bill CPU time) and the work is on the CPU.
@@ -50,6 +54,7 @@ import torch
 from pytorch_lightning.utilities import move_data_to_device
 
 from .clocks import CLOCKS, check_clock
+from .floor import floor_class
 from .recorder import recorder_class
 from .records import RunLog, environment, markdown_table, progress, write_json
 from .training import EXPERIMENTS, Experiment, Row, compose_config, instantiate
@@ -57,8 +62,12 @@ from .training import EXPERIMENTS, Experiment, Row, compose_config, instantiate
 #: configurations compared: plain training (no callback) and one row per method, without
 #: warm-up, so that every measured step pays for the λ update (the validation gradient) too
 _NO_WARMUP = {"warmup_steps": 0}
+#: the plain step plus what any online method must compute: one batch of the validation
+#: loader and one forward/backward on it (:mod:`~lightning_hyperopt.bench.floor`)
+FLOOR = "floor"
 COST_ROWS: tuple[Row, ...] = (
     Row("plain"),
+    Row(FLOOR),
     Row("Unroll1-gTgV", "first_order.yaml", callback_args=_NO_WARMUP),
     Row("Unroll1", "unroll.yaml", {"steps": 1}, _NO_WARMUP),
     Row("Unroll5", "unroll.yaml", {"steps": 5}, _NO_WARMUP),
@@ -70,7 +79,7 @@ PER_LAYER = " per-layer"
 PER_LAYER_ROWS: tuple[Row, ...] = tuple(
     dataclasses.replace(r, label=r.label + PER_LAYER, model_args={"per_layer_l2": True})
     for r in COST_ROWS
-    if r.label in ("plain", "Unroll1-gTgV", "Unroll5", "Clip10")
+    if r.label in ("plain", FLOOR, "Unroll1-gTgV", "Unroll5", "Clip10")
 )
 #: the rows of each model
 MODEL_ROWS: dict[str, tuple[Row, ...]] = {"mlp": COST_ROWS + PER_LAYER_ROWS, "lstm": COST_ROWS}
@@ -79,6 +88,17 @@ MODEL_ROWS: dict[str, tuple[Row, ...]] = {"mlp": COST_ROWS + PER_LAYER_ROWS, "ls
 def one_lambda_label(label: str) -> str | None:
     """The label of the one-λ row a per-layer row is compared with (None for a one-λ row)."""
     return label.removesuffix(PER_LAYER) if label.endswith(PER_LAYER) else None
+
+
+def floor_label(label: str) -> str:
+    """The label of the floor row a row is compared with: the floor of the same model (with
+    one L2 coefficient per weight matrix for a per-layer row)."""
+    return FLOOR + PER_LAYER if label.endswith(PER_LAYER) else FLOOR
+
+
+def is_floor(label: str) -> bool:
+    """Whether ``label`` is a floor row (plain training plus the floor callback)."""
+    return floor_label(label) == label
 
 
 @contextlib.contextmanager
@@ -184,6 +204,8 @@ def _fit(
         exp, row, init, steps, steps, data_dir, gpu=gpu, extra=extra, overlays=overlays
     )
     cli = instantiate(config, out / "configs" / f"cost_{exp.name}_{row.label}.yaml")
+    if is_floor(row.label):
+        cli.trainer.callbacks.append(floor_class()())
     cli.datamodule.setup("fit")  # data loaded before the measured fit
     return cli.trainer, cli.model, cli.datamodule
 
@@ -219,7 +241,8 @@ def run_cost(
 
     ``overlays`` (e.g. the PTB ``medium.yaml``) apply to the LSTM only; ``clock`` ("wall" or
     "cpu") is the one the table's times and ratios use; ``kernels`` adds the H·v kernel
-    ratios of each model; ``only`` keeps the rows with these labels (and "plain")."""
+    ratios of each model; ``only`` keeps the rows with these labels (and "plain" and their
+    floors)."""
     sources = {"mlp": ("table2", mnist_dir), "lstm": ("table3", ptb_dir)}
     unknown = [m for m in models if m not in sources]
     if unknown:
@@ -249,7 +272,9 @@ def run_cost(
     summary: dict[str, Any] = {"environment": environment(), "clock": clock, "models": {}}
     for model in models:
         name, data_dir = sources[model]
-        rows = tuple(r for r in MODEL_ROWS[model] if not only or r.label in {"plain", *only})
+        kept = {"plain", *only}
+        kept |= {floor_label(label) for label in kept}
+        rows = tuple(r for r in MODEL_ROWS[model] if not only or r.label in kept)
 
         fit = functools.partial(
             _fit,
@@ -342,14 +367,17 @@ def _row_summaries(
     table = {}
     for r in rows:
         one = one_lambda_label(r.label)
+        floor = floor_label(r.label) if floor_label(r.label) in state else None
         entry: dict[str, Any] = {"hyperparameters": measured["hyperparameters"][r.label]}
         for c in CLOCKS:
             prefix = "" if c == "wall" else "cpu_"
             entry[f"{prefix}step_ms"] = 1e3 * statistics.median(t[r.label] for t in timed[c])
             entry[f"{prefix}ratio"] = _median_ratio(timed[c], r.label, "plain")
             entry[f"{prefix}ratio_to_one"] = _median_ratio(timed[c], r.label, one)
+            entry[f"{prefix}ratio_to_floor"] = _median_ratio(timed[c], r.label, floor)
         table[r.label] = entry | {
             "one_lambda": one,
+            "floor": floor,
             "peak_mb": measured["peak"][r.label] / 2**20,
             "state_mb": state[r.label] / 2**20,
             "memory_ratio": state[r.label] / state["plain"],
@@ -376,6 +404,12 @@ def cost_markdown(summary: dict[str, Any]) -> str:
             f"parameters {s['param_mb']:.2f} MB; torch {summary['environment']['torch']}, "
             f"{summary['environment']['torch_threads']} thread(s)."
         )
+        if any(r.get("floor") for r in s["rows"].values()):
+            parts.append(
+                ' "floor": the plain step plus one batch of the validation loader and one '
+                'forward/backward on it, what any online method must compute; "× floor": a '
+                "step against it, in the same round (the method's overhead beyond it)."
+            )
         if any(r["one_lambda"] for r in s["rows"].values()):
             parts.append(
                 ' Per-layer rows: one L2 coefficient per weight matrix; "× 1 λ": against the '
@@ -389,6 +423,7 @@ def cost_markdown(summary: dict[str, Any]) -> str:
                     "λs",
                     "ms / step",
                     "× plain",
+                    "× floor",
                     "× 1 λ",
                     "peak tensor MB during fit",
                     "params + peak MB",
@@ -401,6 +436,7 @@ def cost_markdown(summary: dict[str, Any]) -> str:
                         r["hyperparameters"],
                         f"{r[f'{prefix}step_ms']:.2f}",
                         _fmt(r[f"{prefix}ratio"]),
+                        _fmt(r.get(f"{prefix}ratio_to_floor")),
                         _fmt(r[f"{prefix}ratio_to_one"]),
                         f"{r['peak_mb']:.2f}",
                         f"{r['state_mb']:.2f}",

@@ -28,6 +28,10 @@ from lightning_hyperopt.core.hyperparameters import DriftSource, Hyperparameter,
 
 AdoptMode = Literal["shared", "per_module"]
 ADOPT_MODES = ("shared", "per_module")
+#: the finite difference of ∂g_T/∂λ: two replays at λ₊ and λ₋ with coupled masks, or one
+#: replay at λ ± ε on the step's own uniforms against the step's own gradient
+Difference = Literal["central", "one_sided"]
+DIFFERENCES = ("central", "one_sided")
 
 
 class _CoupledDraws:
@@ -50,6 +54,10 @@ class _CoupledDraws:
 _COUPLED: contextvars.ContextVar[_CoupledDraws | None] = contextvars.ContextVar(
     "lightning_hyperopt_coupled_dropout", default=None
 )
+#: set while a one-sided KeepProbability is perturbed (its layers draw from the global RNG)
+_SHIFTED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "lightning_hyperopt_shifted_dropout", default=False
+)
 
 
 class KeepProbability(Hyperparameter):
@@ -64,6 +72,16 @@ class KeepProbability(Hyperparameter):
     never 0. The central difference is biased by O(ε²) (by O(ε) at the edges); the coupled
     estimator's variance grows like 1/ε (m₊ and m₋ differ on a fraction 2ε of the units).
 
+    ``difference="one_sided"``: one replay instead of two,
+
+        ∂g_T/∂λ ≈ (g_T(θ, m₊, λ₊) − g_T(θ, m, λ)) / (λ₊ − λ),   m = [u < λ],  m₊ = [u < λ₊],
+
+    where g_T(θ, m, λ) is the step's own gradient (already computed) and the replay draws the
+    step's own uniforms u (its RNG state), so m₊ ≥ m differ on a fraction ε of the units;
+    λ₊ = λ + ε, or λ − ε where λ + ε would leave (0, 1] (then the side with the wider step
+    inside the bounds). Biased by O(ε); it needs the replayed loss (``training_loss``, else
+    ``training_step``'s) to be the whole loss the step back-propagated.
+
     Pass the same instance to several layers to share one λ, or give each layer its own.
 
     Args:
@@ -71,6 +89,7 @@ class KeepProbability(Hyperparameter):
         bounds: (low, high) with 0 < low < high ≤ 1 (λ = 0 would divide by 0).
         parameterization: ``"identity"`` or ``"log"`` (see :class:`Hyperparameter`).
         eps: ε, the half-width of the finite difference, in (0, 0.5].
+        difference: ``"central"`` (two coupled replays, the default) or ``"one_sided"``.
     """
 
     drift_source: DriftSource = "finite_difference"
@@ -81,7 +100,13 @@ class KeepProbability(Hyperparameter):
         bounds: tuple[float, float] = (0.1, 1.0),
         parameterization: Parameterization = "identity",
         eps: float = 0.05,
+        difference: Difference = "central",
     ) -> None:
+        if difference not in DIFFERENCES:
+            raise ValueError(
+                f"KeepProbability difference={difference!r} is not supported; accepted values: "
+                f"{DIFFERENCES}"
+            )
         low, high = (float(b) for b in bounds)
         if not (0.0 < low < high <= 1.0):
             raise ValueError(
@@ -93,6 +118,7 @@ class KeepProbability(Hyperparameter):
             raise ValueError(f"KeepProbability eps={eps!r} must be in (0, 0.5]")
         super().__init__(init, (low, high), parameterization)
         self.eps = eps
+        self.difference: Difference = difference
         self._shifted: Tensor | None = None
 
     @property
@@ -109,31 +135,52 @@ class KeepProbability(Hyperparameter):
         return self.current()
 
     def perturbed_values(self) -> tuple[float, float]:
-        """(λ₊, λ₋) = (min(λ + ε, 1), max(λ − ε, low)); λ₊ > λ₋ for every λ in the bounds."""
+        """(λ₊, λ₋) = (min(λ + ε, 1), max(λ − ε, low)); λ₊ > λ₋ for every λ in the bounds.
+        One-sided: (λ + ε, λ), or (λ, λ − ε) where λ + ε > 1 (the wider side inside the
+        bounds)."""
         lam = float(self.value)
-        return min(lam + self.eps, 1.0), max(lam - self.eps, self.bounds[0])
+        plus, minus = min(lam + self.eps, 1.0), max(lam - self.eps, self.bounds[0])
+        if self.difference == "central":
+            return plus, minus
+        return (plus, lam) if self.replayed_signs() == (1,) else (lam, minus)
+
+    def replayed_signs(self) -> tuple[int, ...]:
+        """(+1, −1) for the central difference; one-sided, the one side replayed: +1 unless
+        λ + ε > 1 and the step down inside the bounds is wider."""
+        if self.difference == "central":
+            return (1, -1)
+        lam = float(self.value)
+        up, down = min(lam + self.eps, 1.0) - lam, lam - max(lam - self.eps, self.bounds[0])
+        return (1,) if lam + self.eps <= 1.0 or up >= down else (-1,)
 
     @contextlib.contextmanager
     def perturbed(self, sign: int, seed: int) -> Iterator[float]:
         """Within the context the layers use λ₊ (``sign=+1``) or λ₋ (``sign=-1``), and every
         TunableDropout draws u from generators seeded by ``seed`` (not the global RNG): the
         same ``seed`` for both signs gives coupled masks [u < λ₊] ≥ [u < λ₋]. Yields the λ used.
+        One-sided, u comes from the global RNG as in the training step (``seed`` is unused):
+        a replay from the step's RNG state draws the step's own u.
         """
         if sign not in (1, -1):
             raise ValueError(f"sign={sign!r} must be +1 or -1")
-        if _COUPLED.get() is not None:
+        if _COUPLED.get() is not None or _SHIFTED.get():
             raise RuntimeError("KeepProbability.perturbed contexts cannot be nested")
         lam = self.perturbed_values()[0 if sign == 1 else 1]
         self._shifted = torch.tensor(lam, dtype=self.value.dtype, device=self.value.device)
-        token = _COUPLED.set(_CoupledDraws(int(seed)))
+        coupled = self.difference == "central"
+        token = _COUPLED.set(_CoupledDraws(int(seed))) if coupled else _SHIFTED.set(True)
         try:
             yield lam
         finally:
-            _COUPLED.reset(token)
+            if coupled:
+                _COUPLED.reset(token)  # type: ignore[arg-type]
+            else:
+                _SHIFTED.reset(token)  # type: ignore[arg-type]
             self._shifted = None
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, eps={self.eps:.4g}"
+        one = ", difference='one_sided'" if self.difference == "one_sided" else ""
+        return f"{super().extra_repr()}, eps={self.eps:.4g}{one}"
 
 
 class TunableDropout(nn.Module):
@@ -174,6 +221,7 @@ def adopt_dropout(
     bounds: tuple[float, float] = (0.1, 1.0),
     eps: float = 0.05,
     persistent: bool = True,
+    difference: Difference = "central",
 ) -> dict[str, TunableDropout]:
     """Replace every ``nn.Dropout(p)`` in ``module`` by a :class:`TunableDropout` with λ = 1 − p.
 
@@ -186,6 +234,8 @@ def adopt_dropout(
     it was, and its unmodified class loads it strictly. Dropout that is not an
     ``nn.Dropout`` module (``nn.LSTM(dropout=…)``, ``nn.MultiheadAttention``'s) cannot be
     replaced and is reported with a warning; ``nn.Dropout1d/2d/3d`` (channel masks) are left.
+
+    ``eps`` and ``difference`` are the new keep probabilities' (see :class:`KeepProbability`).
 
     Returns the TunableDropout layers, by path (those already there included).
     """
@@ -229,7 +279,7 @@ def adopt_dropout(
     current: KeepProbability | None = None
     for name, keep in keeps.items():
         if mode == "per_module" or current is None:  # shared: the first one serves them all
-            current = KeepProbability(keep, bounds, eps=eps).to(device)
+            current = KeepProbability(keep, bounds, eps=eps, difference=difference).to(device)
             current.register_buffer("value", current.value, persistent=persistent)
         parent, _, child = name.rpartition(".")
         setattr(module.get_submodule(parent), child, TunableDropout(current))

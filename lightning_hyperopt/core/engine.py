@@ -258,7 +258,12 @@ class TangentEngine:
         window.close()
         if not pending:
             return False
-        drift = self.terms.complete(window.drift, len(self.hypers), self.step, loss_scale, replay)
+        # first order carries no tangent: the step's direction is read only by the λ update
+        # right after it, so a step followed by none needs no finite differences (replays)
+        used = self.method.uses_tangent or self.hyper_step.will_update(self.step + 1)
+        drift = self.terms.complete(
+            window.drift, len(self.hypers), self.step, loss_scale, replay, used
+        )
         if self.reduce is not None:
             drift = self.reduce(drift)
         # the loss's finiteness stands for the step's (a pass over every gradient would cost

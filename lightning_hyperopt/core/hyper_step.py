@@ -104,12 +104,29 @@ class HyperStep:
         """Whether λ moves after the step just taken (t = step − 1): after the warm-up, when
         the method updates (an update point), and on every ``hyper_every``-th update point."""
         t = step - 1
-        if t < 0 or t < self.warmup_steps or not self.method.updates_at(t):
+        if not self._is_point(t):
             return False
-        if self._counted_point != t:  # count each update point once
+        self._count(t)
+        return self.update_points % self.hyper_every == 0
+
+    def will_update(self, step: int) -> bool:
+        """What :meth:`should_update` will answer for ``step``, counting nothing: whether the
+        step t = step − 1, not yet taken, is followed by a λ update."""
+        t = step - 1
+        if not self._is_point(t):
+            return False
+        points = self.update_points + (self._counted_point != t)
+        return points % self.hyper_every == 0
+
+    def _is_point(self, t: int) -> bool:
+        """Whether step t is an update point: after the warm-up, where the method updates."""
+        return t >= 0 and t >= self.warmup_steps and self.method.updates_at(t)
+
+    def _count(self, t: int) -> None:
+        """Count the update point t, once."""
+        if self._counted_point != t:
             self._counted_point = t
             self.update_points += 1
-        return self.update_points % self.hyper_every == 0
 
     def step(
         self, values: Tensor, hypergradient: Tensor, lr: float, step_ok: Tensor

@@ -8,7 +8,9 @@ source (:mod:`lightning_hyperopt.core.hyperparameters.base`):
     closed_form         the kind's own :meth:`~Hyperparameter.closed_form_drift`, from what it
                         recorded while the step's losses were built and back-propagated
     finite_difference   (g_T(λ₊) − g_T(λ₋)) / (λ₊ − λ₋), from two replays of the step's losses
-                        that share one seed (coupled random draws; see ``Hyperparameter.perturbed``)
+                        that share one seed (coupled random draws: ``Hyperparameter.perturbed``);
+                        or one-sided, one replay at λ ± ε drawing the step's own randomness
+                        against the step's own gradient p.grad at λ
     optimizer           no drift term: the param-group settings λ sets, whose tangents the
                         optimizer's rule differentiates (:mod:`lightning_hyperopt.core.settings`)
 """
@@ -58,17 +60,23 @@ def add_finite_differences(
     hypers: Sequence[Hyperparameter],
     contexts: Sequence[TermContext],
     replay: Replay,
+    own_gradient: Callable[[], Tensor] | None = None,
 ) -> None:
-    """drift[j] += (g_T(λ₊) − g_T(λ₋)) / (λ₊ − λ₋) for the finite-difference rows (in place),
-    each from two replays of the step's losses sharing one seed, reproducible across resumes."""
+    """drift[j] += (g_T(λ₊) − g_T(λ₋)) / (λ₊ − λ₋) for the finite-difference rows (in place).
+
+    Two-sided: both from replays of the step's losses sharing one seed, reproducible across
+    resumes. One-sided (a hyperparameter replaying one sign): the other side is λ itself and
+    its g_T the step's own gradient, ``own_gradient()`` (flat, the sum over the step's
+    micro-batches), with which the replay shares the step's random draws."""
     from lightning_hyperopt.core.hyperparameters.base import not_recorded
 
+    own: Tensor | None = None
     for j in rows:
         h, context = hypers[j], contexts[j]
         params, layout = context.layout.params, context.layout
         seed = (context.step * 1_000_003 + j) % (2**62)
-        grads, used = [], []
-        for sign in (+1, -1):
+        sides: dict[int, tuple[Tensor, float]] = {}
+        for sign in h.replayed_signs():
             acc: list[Tensor | None] = [None] * len(params)
             with h.perturbed(sign, seed) as value, not_recorded():
                 for loss in replay():
@@ -76,9 +84,19 @@ def add_finite_differences(
                     for i, g in enumerate(got):
                         if g is not None:
                             acc[i] = g if acc[i] is None else acc[i] + g
-            grads.append(layout.flatten(acc))
-            used.append(value)
-        drift[j].add_((grads[0] - grads[1]) / (used[0] - used[1]))
+            sides[sign] = (layout.flatten(acc), value)
+        for sign in (1, -1):
+            if sign not in sides:  # one-sided: λ itself, with the step's own masks
+                if own is None:
+                    if own_gradient is None:
+                        raise ValueError(
+                            f"{context.name!r} takes a one-sided difference: it needs the "
+                            "step's own gradient"
+                        )
+                    own = own_gradient()
+                sides[sign] = (own, float(h.value))
+        (g_plus, plus), (g_minus, minus) = sides[1], sides[-1]
+        drift[j].add_((g_plus - g_minus) / (plus - minus))
 
 
 class DriftTerms:
@@ -114,10 +132,13 @@ class DriftTerms:
         step: int,
         loss_scale: Tensor | float | None,
         replay: Replay | None,
+        finite_differences: bool = True,
     ) -> Tensor:
         """The step's drift (m, N): the graph's terms ``drift`` (``None``: none), plus the
         closed-form terms, divided by the loss scale the back-propagated losses carried, plus
-        the finite differences of ``replay``'s (unscaled) losses."""
+        the finite differences of ``replay``'s (unscaled) losses. ``finite_differences=False``
+        leaves the finite-difference rows without their term (for a step whose drift no λ
+        update reads: first order between two updates) and replays nothing."""
         if drift is None:  # no term from the graph (first order with closed-form λ): reuse
             if self._zeros is None:
                 self._zeros = torch.zeros(
@@ -131,13 +152,18 @@ class DriftTerms:
         add_closed_form(drift, self.closed_form_rows, self.hypers, contexts)
         if loss_scale is not None:
             drift = drift / loss_scale
-        if self.finite_difference_rows:
+        if self.finite_difference_rows and finite_differences:
             if replay is None:
                 raise ValueError(
                     "finite-difference hyperparameters "
                     f"{[self.names[j] for j in self.finite_difference_rows]} need `replay`"
                 )
+            layout = self.layout
+
+            def own_gradient() -> Tensor:  # p.grad: unscaled by now (an AMP scaler's too)
+                return layout.flatten(p.grad for p in layout.params)
+
             add_finite_differences(
-                drift, self.finite_difference_rows, self.hypers, contexts, replay
+                drift, self.finite_difference_rows, self.hypers, contexts, replay, own_gradient
             )
         return drift

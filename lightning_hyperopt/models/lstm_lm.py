@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from torchmetrics.text import Perplexity
 
 from lightning_hyperopt.core.arguments import positive
-from lightning_hyperopt.core.dropout import KeepProbability, TunableDropout
+from lightning_hyperopt.core.dropout import Difference, KeepProbability, TunableDropout
 from lightning_hyperopt.data._files import int_at_least
 
 State = list[tuple[Tensor, Tensor]]  # (h, c) of each layer, each (1, batch, hidden)
@@ -54,6 +54,7 @@ class _LSTMLanguageModelLogic:
         keep_bounds: tuple[float, float] = (0.1, 1.0),
         keep_eps: float = 0.05,
         keep_per_layer: bool = False,
+        keep_difference: Difference = "central",
         init_scale: float = 0.1,
         lr: float = 1.0,
         lr_decay: float = 0.95,
@@ -73,7 +74,7 @@ class _LSTMLanguageModelLogic:
         init_scale = positive("init_scale", init_scale)
 
         def keep() -> KeepProbability:
-            return KeepProbability(keep_prob, keep_bounds, eps=keep_eps)
+            return KeepProbability(keep_prob, keep_bounds, eps=keep_eps, difference=keep_difference)
 
         if not keep_per_layer:
             self.keep_prob = keep()  # registered first, so the tuner names it "keep_prob"
@@ -208,6 +209,8 @@ class LSTMLanguageModel(_LSTMLanguageModelLogic, pl.LightningModule):
         keep_bounds: bounds of λ, 0 < low < high ≤ 1.
         keep_eps: ε of the finite-difference estimate of ∂g_T/∂λ (:class:`KeepProbability`).
         keep_per_layer: one λ per dropout layer (``num_layers + 1`` of them) instead of one.
+        keep_difference: ``"central"`` (two coupled replays) or ``"one_sided"`` (one replay on
+            the step's own masks), the finite difference of :class:`KeepProbability`.
         init_scale: weights start uniform in [−init_scale, init_scale].
         lr: SGD learning rate at step 0 (1.0 with Zaremba's summed cost).
         lr_decay: factor applied to lr every ``lr_decay_every`` optimizer steps (the paper:

@@ -130,11 +130,23 @@ def test_cost_smoke(tmp_path, mnist_dir):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["clock"] == "cpu"
     rows = summary["models"]["mlp"]["rows"]
-    one = ["plain", "Unroll1-gTgV", "Unroll1", "Unroll5", "Clip10", "Exact"]
-    several = ["plain per-layer", "Unroll1-gTgV per-layer", "Unroll5 per-layer", "Clip10 per-layer"]
+    one = ["plain", "floor", "Unroll1-gTgV", "Unroll1", "Unroll5", "Clip10", "Exact"]
+    several = [
+        "plain per-layer",
+        "floor per-layer",
+        "Unroll1-gTgV per-layer",
+        "Unroll5 per-layer",
+        "Clip10 per-layer",
+    ]
     assert list(rows) == one + several
     assert rows["plain"]["ratio"] == rows["plain"]["cpu_ratio"] == 1.0
     assert rows["plain"]["memory_ratio"] == 1.0
+    # every row is stated against the floor of its model (one λ, or one per weight matrix)
+    assert rows["floor"]["ratio_to_floor"] == rows["floor"]["cpu_ratio_to_floor"] == 1.0
+    assert rows["floor per-layer"]["cpu_ratio_to_floor"] == 1.0
+    for label, r in rows.items():
+        assert r["floor"] == ("floor per-layer" if label in several else "floor")
+        assert r["ratio_to_floor"] > 0 and r["cpu_ratio_to_floor"] > 0
     for label, r in rows.items():
         assert r["step_ms"] > 0 and r["cpu_step_ms"] > 0 and r["peak_mb"] > 0
         assert r["ratio"] > 0 and r["cpu_ratio"] > 0 and r["memory_ratio"] > 0
@@ -155,13 +167,16 @@ def test_cost_smoke(tmp_path, mnist_dir):
     assert kernels["fwd+bwd, default"] == 1.0 and kernels["H·v, native"] > 1
     table = (out / "cost.md").read_text()
     assert "× plain" in table and "× 1 λ" in table and "(this process's CPU time)" in table
+    assert "| × floor |" in table and "| floor | 1 |" in table
     assert "| Clip10 per-layer | 4 |" in table and "H·v, native" in table
 
 
 def test_cost_rows_measure_steps_with_lambda_updates(tmp_path):
     """No warm-up in the cost benchmark: every timed step pays for the validation gradient;
     the per-layer rows are the same methods with per_layer_l2."""
-    for row in (*COST_ROWS[1:], *PER_LAYER_ROWS[1:]):
+    online = [r for r in (*COST_ROWS, *PER_LAYER_ROWS) if r.overlay is not None]
+    assert len(online) == 8
+    for row in online:
         config = compose_config(MNIST, row, 1e-3, 10, 10, tmp_path)
         (cb,) = config["trainer"]["callbacks"]
         assert cb["init_args"]["warmup_steps"] == 0
@@ -305,3 +320,62 @@ def test_kernel_ratios_report_a_missing_double_backward():
     assert ratios["plain s"] > 0 and ratios["fwd+bwd, default"] == 1.0
     assert ratios["fwd+bwd, native"] > 0
     assert ratios["H·v, default"] is None and ratios["H·v, native"] is None
+
+
+def test_floor_draws_one_validation_gradient_per_step_and_leaves_training_alone():
+    """The floor callback: one validation batch (cycling through a loader shorter than the fit)
+    and one forward/backward on it after each step, in eval mode; the training is the plain
+    one, bit for bit (no gradient left in .grad, the same weights after the fit)."""
+    import pytorch_lightning as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_hyperopt.bench.floor import floor_class
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(3, 4), torch.nn.Dropout(0.5), torch.nn.Linear(4, 1)
+            )
+            self.val_calls, self.val_training = 0, []
+
+        def validation_loss(self, batch):
+            self.val_calls += 1
+            self.val_training.append(self.training)
+            x, y = batch
+            return ((self.net(x) - y) ** 2).mean()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return ((self.net(x) - y) ** 2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(8, 3, generator=g), torch.randn(8, 1, generator=g))
+
+    def fit(callbacks):
+        pl.seed_everything(0)
+        model = Tiny()
+        trainer = pl.Trainer(
+            max_steps=5,
+            callbacks=callbacks,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+        )
+        trainer.fit(model, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
+        return model
+
+    plain = fit([])
+    floor = floor_class()()
+    model = fit([floor])
+    assert floor.passes == model.val_calls == 5  # a 2-batch loader, drawn 5 times
+    assert model.val_training == [False] * 5 and model.training
+    for a, b in zip(plain.parameters(), model.parameters()):
+        assert torch.equal(a, b) and torch.equal(a.grad, b.grad)  # the last step's own

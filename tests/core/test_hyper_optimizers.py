@@ -154,6 +154,26 @@ def test_hyper_every_counts_update_points():
     assert engine.update_points == 4 and engine.updates == 2
 
 
+@pytest.mark.parametrize("method", [Unroll(3, 1e-3), Exact(1e-3)], ids=["unroll3", "exact"])
+def test_will_update_foretells_should_update_and_counts_nothing(method):
+    """HyperStep.will_update(step), asked any number of times before the step, is what
+    should_update(step) answers after it (warm-up, update points, every k-th one)."""
+    from lightning_hyperopt.core.hyper_step import HyperStep
+
+    hyper = HyperStep(
+        method, ["identity"], [(0.0, 1.0)], PaperStep(), warmup_steps=2, hyper_every=2
+    )
+    answers = []
+    for step in range(1, 20):
+        points = hyper.update_points
+        told = [hyper.will_update(step) for _ in range(3)]
+        assert hyper.update_points == points and len(set(told)) == 1
+        answers.append(hyper.should_update(step))
+        assert answers[-1] == told[0] and hyper.should_update(step) == told[0]  # asked twice
+    # update points t >= 2 of 0..18: Unroll3's window ends 2, 5, …, 17 (6), Exact's 17
+    assert sum(answers) == (3 if isinstance(method, Unroll) else 8)
+
+
 def test_hyper_every_updates_on_every_kth_step_with_a_k_times_step():
     every2, engine = train(PaperStep(), method=Exact(1e-3), steps=6, hyper_every=2)
     assert engine.updates == 3

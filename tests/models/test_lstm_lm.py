@@ -156,6 +156,18 @@ def test_one_keep_probability_per_layer():
     assert all(d.keep is shared.keep_prob for d in shared.dropouts)
 
 
+def test_one_sided_keep_probability_moves_lambda_from_the_step_own_gradient():
+    """keep_difference="one_sided": every keep probability differences one replay against the
+    step's own gradient (its training_step loss is training_loss's, so the two agree)."""
+    model = LSTMLanguageModel(**TINY, keep_difference="one_sided", keep_per_layer=True)
+    assert {h.difference for h in find_hyperparameters(model).values()} == {"one_sided"}
+    cb = OnlineHyperparamCallback(FirstOrder(hyper_lr=1e-3), warmup_steps=0)
+    make_trainer([cb], 4).fit(model, windows(), windows(seed=1))
+    values = [float(h.value) for h in find_hyperparameters(model).values()]
+    assert all(v != 0.7 and 0.1 <= v <= 1.0 for v in values)
+    assert cb.engine.nonfinite == [0, 0, 0]
+
+
 def test_gradient_accumulation_is_refused_before_training():
     model = LSTMLanguageModel(**TINY)
     trainer = make_trainer([], 2, accumulate_grad_batches=2)

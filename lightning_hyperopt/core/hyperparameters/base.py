@@ -10,8 +10,9 @@ methods below), so that a new kind is one file:
                        it with the step's own backward (:class:`Hyperparameter`)
     closed_form        the kind computes ∂g_T/∂λ itself from what it recorded while the loss was
                        built (:meth:`Hyperparameter.closed_form_drift`; ``L2Penalty``)
-    finite_difference  central differences of replayed losses at λ ± ε
-                       (:meth:`Hyperparameter.perturbed`; ``KeepProbability``)
+    finite_difference  differences of replayed losses at λ ± ε, or of one replay and the
+                       step's own gradient (:meth:`Hyperparameter.perturbed`,
+                       :meth:`Hyperparameter.replayed_signs`; ``KeepProbability``)
     optimizer          λ is a setting of the optimizer's param groups, which the optimizer's
                        tangent rule differentiates (:meth:`Hyperparameter.optimizer_settings`;
                        ``WeightDecay``)
@@ -166,6 +167,13 @@ class Hyperparameter(nn.Module):
     def extra_metrics(self, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
         """Metrics of this kind logged beside λ (``hyperopt/<name>/<key>``)."""
         return {}
+
+    def replayed_signs(self) -> tuple[int, ...]:
+        """For ``drift_source = "finite_difference"``: the signs :meth:`perturbed` is replayed
+        with, (+1, −1) for a two-sided difference; a one-sided one replays a single side and
+        takes the other, λ itself, from the step's own gradient (the replays then draw the
+        step's own randomness)."""
+        return (1, -1)
 
     @contextlib.contextmanager
     def perturbed(self, sign: int, seed: int) -> Iterator[float]:
