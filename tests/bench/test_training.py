@@ -13,6 +13,7 @@ from data.test_ptb import write_corpus
 
 from lightning_hyperopt.bench.cli import main
 from lightning_hyperopt.bench.cost import COST_ROWS, PER_LAYER_ROWS
+from lightning_hyperopt.bench.records import bare_trainer
 from lightning_hyperopt.bench.training import MNIST, PTB, Row, compose_config, summarize
 
 MNIST_EXTRA = ["data.init_args.verify=false", "data.init_args.download=false"]
@@ -359,16 +360,7 @@ def test_floor_draws_one_validation_gradient_per_step_and_leaves_training_alone(
     def fit(callbacks):
         pl.seed_everything(0)
         model = Tiny()
-        trainer = pl.Trainer(
-            max_steps=5,
-            callbacks=callbacks,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-            num_sanity_val_steps=0,
-        )
+        trainer = bare_trainer(callbacks, max_steps=5)
         trainer.fit(model, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
         return model
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..clocks import CLOCKS, Clock
+from ..clocks import CLOCKS, Clock, check_clock
 from ..records import RunLog, environment, progress, write_json
 from .report import plot_ttq, table_markdown
 from .runs import Context, build_datamodule, fit_run, lightning_pytorch, make_callback, run_key
@@ -166,8 +166,10 @@ def run_ttq(
         raise SettingError(f"systems: unknown {bad}; accepted values: {list(SYSTEMS)}")
     if "optuna" in chosen and "grid" not in chosen:
         raise SettingError("systems: optuna's budget is the grid's total time: add grid")
-    if clock not in CLOCKS:
-        raise SettingError(f"clock={clock!r} is not supported; accepted values: {list(CLOCKS)}")
+    try:
+        check_clock(clock)
+    except ValueError as err:
+        raise SettingError(str(err)) from None
     seeds = list(seeds)
     if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
         raise SettingError(f"seeds={seeds}: distinct integers >= 0, at least one")
