@@ -84,7 +84,7 @@ def test_the_documented_command_prints_the_promised_line_to_a_pipe(tmp_path):
     got = result_of(stdout)
     assert got.group("lam") == promised.group("lam")
     assert got.group("star") == promised.group("star")
-    # the README shows 9.16e-16: float64 round-off, which may differ in its last digits elsewhere
+    # the README shows 9.99e-16: float64 round-off, which may differ in its last digits elsewhere
     assert float(got.group("err")) < 1e-12
 
 
