@@ -23,7 +23,10 @@ from lightning_hyperopt import (
 @pytest.mark.parametrize(
     "build, match",
     [
-        (lambda: OnlineHyperparamCallback("newton"), r"method='newton' is not supported.*clip"),
+        (
+            lambda: OnlineHyperparamCallback("newton"),
+            r"method='newton' is not supported.*clip.*or 'auto' \(the default\)",
+        ),
         (lambda: Clip(radius=0.0), r"radius=0.0 must be a finite number > 0"),
         (lambda: Clip(radius=-1.0), r"radius=-1.0 must be"),
         (lambda: Clip(radius=float("inf")), r"use Exact\(\) for r = ∞"),

@@ -187,8 +187,13 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         self.adopt_dropout = adopt_dropout
         self.held = HeldHyperparameters(tune)
         #: the method; None until fit start for ``"auto"`` (see :func:`default_method`)
-        self.method: HyperMethod | None = None if method == "auto" else resolve_method(method)
         self._auto = method == "auto"
+        self.method: HyperMethod | None = None
+        if not self._auto:
+            try:
+                self.method = resolve_method(method)
+            except ValueError as err:  # the callback accepts one name more than the core
+                raise ValueError(f"{err}, or 'auto' (the default)") from None
         # the engine's λ step owns it (and its state); resolved here to fail at construction
         self.hyper_optimizer = resolve_hyper_optimizer(hyper_optimizer, self.method)
         self.hyper_every = count("hyper_every", hyper_every, 1)

@@ -362,3 +362,16 @@ def test_a_tuning_free_system_trains_with_its_own_optimizer(system):
     assert opt.param_groups[1]["weight_decay"] == 0.0  # biases
     assert opt.param_groups[0]["lr"] == {"prodigy": 1.0, "schedulefree": 0.0025}[system]
     assert len(callbacks) == (system == "schedulefree")
+
+
+def test_a_missing_tuning_free_package_and_an_unknown_system_are_named(monkeypatch):
+    from lightning_hyperopt.bench.ttq import SettingError, build_model
+    from lightning_hyperopt.bench.ttq.tuning_free import check_installed, use_tuning_free
+
+    monkeypatch.setitem(TUNING_FREE, "prodigy", "no_such_package_for_this_test")
+    with pytest.raises(SettingError, match=r"prodigy system needs no_such_package_for_this_test"):
+        check_installed("prodigy")
+    task = TASKS["mnist_lr_wd"].scaled(True, None, None)
+    model = build_model(task, task.middle(), 0, None)
+    with pytest.raises(SettingError, match=r"'adam' is not tuning-free; accepted: \['prodigy'"):
+        use_tuning_free(model, "adam", steps=6)
