@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lightning_hyperopt.core.arguments import positive
+from lightning_hyperopt.core.arguments import count, positive
 from lightning_hyperopt.core.functional import from_space, space_slope, to_space
 
 __all__ = [
@@ -87,11 +87,21 @@ class AdaptiveStep(HyperOptimizer):
     update (ρ = 0.01 in log space: 1% of λ), whatever the task; when h's sign is noisy, m̂/√v̂
     and the steps shrink by themselves. The method's α_t is not used.
 
+    With ``initial_lr`` ρ₀ and ``decay_updates`` K > 0 the step starts larger and decays
+    geometrically to ρ over a row's first K updates (k = 1, 2, … counts them):
+
+        ρ_k = ρ · (ρ₀ / ρ)^max(0, 1 − (k − 1)/K)
+
+    so a start far from the optimum (an over-regularized network) is left within the first
+    updates, and the later steps are the steady ones.
+
     Args:
         lr: ρ, the step in u per update for a steady hypergradient.
         betas: (β₁, β₂), the decay of the moments.
         max_step: δ, the largest move of u in one update.
         eps: ε, relative to nothing: keep it far below any |g_u| (float64 λ).
+        initial_lr: ρ₀, the step of the first update (``None``: ρ, no decay).
+        decay_updates: K, the updates over which ρ₀ decays to ρ (0: no decay).
     """
 
     space = "natural"
@@ -102,8 +112,12 @@ class AdaptiveStep(HyperOptimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         max_step: float = 0.1,
         eps: float = 1e-30,
+        initial_lr: float | None = None,
+        decay_updates: int = 0,
     ) -> None:
         self.lr = positive("lr", lr)
+        self.initial_lr = None if initial_lr is None else positive("initial_lr", initial_lr)
+        self.decay_updates = count("decay_updates", decay_updates, 0)
         self.max_step = positive("max_step", max_step)
         beta1, beta2 = (float(b) for b in betas)
         if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
@@ -126,13 +140,22 @@ class AdaptiveStep(HyperOptimizer):
         g = torch.where(rows, grad, 0.0)  # a skipped row leaves its moments alone
         m = torch.where(rows, beta1 * self._m + (1.0 - beta1) * g, self._m)
         v = torch.where(rows, beta2 * self._v + (1.0 - beta2) * g * g, self._v)
-        count = self._count + rows.to(u.dtype)
-        self._m, self._v, self._count = m, v, count
-        safe = count.clamp_min(1.0)
+        updates = self._count + rows.to(u.dtype)
+        self._m, self._v, self._count = m, v, updates
+        safe = updates.clamp_min(1.0)
         m_hat = m / (1.0 - beta1**safe)
         v_hat = v / (1.0 - beta2**safe)
-        move = (self.lr * m_hat / (v_hat.sqrt() + self.eps)).clamp(-self.max_step, self.max_step)
+        move = (self._rate(updates) * m_hat / (v_hat.sqrt() + self.eps)).clamp(
+            -self.max_step, self.max_step
+        )
         return u - torch.where(rows, move, 0.0)
+
+    def _rate(self, updates: Tensor) -> Tensor | float:
+        """ρ_k per row (k = ``updates``, the row's updates so far, this one included)."""
+        if self.initial_lr is None or self.decay_updates == 0 or self.initial_lr == self.lr:
+            return self.lr
+        left = (1.0 - (updates - 1.0) / self.decay_updates).clamp(0.0, 1.0)
+        return self.lr * (self.initial_lr / self.lr) ** left
 
     def state_dict(self) -> dict[str, Any]:
         return {

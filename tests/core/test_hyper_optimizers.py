@@ -107,6 +107,41 @@ def test_keep_probability_moves_in_probability_space(start):
     assert float(from_space(u, *engine.hyper_step.spaces)) == pytest.approx(start - 0.1)
 
 
+def test_a_decaying_step_moves_by_its_schedule_per_row():
+    """With a steady gradient m̂/√v̂ = 1, so row r's k-th move is ρ·(ρ₀/ρ)^max(0, 1 − (k−1)/K),
+    counted per row: a row that skipped updates is earlier in its schedule."""
+    step = AdaptiveStep(lr=0.01, initial_lr=0.08, decay_updates=3, max_step=1.0)
+    u = torch.zeros(2, dtype=f64)
+    grad = torch.ones(2, dtype=f64)
+    moves = []
+    for k in range(6):
+        rows = torch.tensor([True, k % 2 == 1])  # row 1 moves on every other update
+        new = step.step(u, grad, 0.0, rows)
+        moves.append((u - new).tolist())
+        u = new
+    rho = [0.01 * 8 ** max(0.0, 1 - k / 3) for k in range(6)]  # 0.08, 0.04, 0.02, 0.01, ...
+    assert [m[0] for m in moves] == pytest.approx(rho, rel=1e-12)
+    assert [m[1] for m in moves] == pytest.approx([0, rho[0], 0, rho[1], 0, rho[2]], rel=1e-12)
+    # resumed from its state, the schedule continues where it was
+    again = AdaptiveStep(lr=0.01, initial_lr=0.08, decay_updates=3, max_step=1.0)
+    again.load_state_dict(step.state_dict())
+    assert (u - again.step(u, grad, 0.0, torch.tensor([True, True]))).tolist() == pytest.approx(
+        [0.01, rho[3]], rel=1e-12
+    )
+
+
+def test_without_a_decay_the_step_is_the_constant_one():
+    """initial_lr = None, K = 0 or ρ₀ = ρ: bit for bit the constant rule."""
+    base, _ = train(AdaptiveStep(lr=0.05))
+    for variant in (
+        AdaptiveStep(lr=0.05, initial_lr=0.5),
+        AdaptiveStep(lr=0.05, decay_updates=10),
+        AdaptiveStep(lr=0.05, initial_lr=0.05, decay_updates=10),
+    ):
+        assert train(variant)[0] == base
+    assert train(AdaptiveStep(lr=0.05, initial_lr=0.5, decay_updates=10))[0] != base
+
+
 def test_a_penalty_at_zero_cannot_start_in_log_space():
     w = nn.Parameter(torch.ones(3, dtype=f64))
     with pytest.raises(ValueError, match=r"AdaptiveStep moves 'l2' in log space.*λ = 0"):
@@ -140,6 +175,8 @@ def test_none_picks_the_paper_rule_when_the_method_has_its_step():
         (lambda: AdaptiveStep(lr=0.0), r"lr=0.0 must be a finite number > 0"),
         (lambda: AdaptiveStep(max_step=-1.0), r"max_step=-1.0 must be"),
         (lambda: AdaptiveStep(betas=(1.0, 0.9)), r"betas=\(1.0, 0.9\) must both be in \[0, 1\)"),
+        (lambda: AdaptiveStep(initial_lr=-0.1), r"initial_lr=-0.1 must be a finite number > 0"),
+        (lambda: AdaptiveStep(decay_updates=-1), r"decay_updates=-1 must be an integer >= 0"),
         (lambda: Hyperparameter(0.5, bounds=(0.0, 2.0), parameterization="logit"), r"inside"),
     ],
 )
