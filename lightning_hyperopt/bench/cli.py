@@ -263,6 +263,12 @@ def _ttq_parser(sub: Any) -> None:
         help="OnlineHyperparamCallback arguments as a JSON object or a YAML/JSON file, e.g. "
         "'{\"warmup_steps\": 100}' (default {}: the library's defaults)",
     )
+    t.add_argument(
+        "--online-model-args",
+        default=None,
+        help="model constructor arguments of the online runs only, as a JSON object or a "
+        'YAML/JSON file, e.g. \'{"keep_difference": "one_sided"}\' (default {})',
+    )
     t.add_argument("--mnist-dir", type=Path, default=Path("../shared/data/mnist"))
     t.add_argument("--ptb-dir", type=Path, default=Path("../shared/data/ptb"))
     t.add_argument("--steps", type=int, default=None, help="training steps per run (all tasks)")
@@ -348,6 +354,7 @@ def _run_ttq(args: argparse.Namespace) -> None:
             systems=args.systems,
             seeds=args.seeds,
             online_args=load_online_args(args.online_args),
+            online_model_args=load_online_args(args.online_model_args, "--online-model-args"),
             mnist_dir=args.mnist_dir,
             ptb_dir=args.ptb_dir,
             smoke=args.smoke,

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lightning_hyperopt.core.arguments import positive
-from lightning_hyperopt.core.dropout import KeepProbability, TunableDropout
+from lightning_hyperopt.core.dropout import Difference, KeepProbability, TunableDropout
 from lightning_hyperopt.core.hyperparameters import (
     L2Penalty,
     LearningRate,
@@ -54,6 +54,7 @@ class _MLPLogic:
         seed: int | None = None,
         per_layer_l2: bool = False,
         keep: float | None = None,
+        keep_difference: Difference = "central",
         optimizer: Literal["sgd", "adamw"] = "sgd",
         weight_decay: float | None = None,
         schedule: Literal["exponential", "cosine"] = "exponential",
@@ -115,7 +116,7 @@ class _MLPLogic:
         self.dropout: nn.ModuleList | None = None
         if keep is not None:
             # registered before the dropout layers, so the tuner names the shared λ "keep"
-            self.keep = KeepProbability(float(keep), KEEP_BOUNDS)
+            self.keep = KeepProbability(float(keep), KEEP_BOUNDS, difference=keep_difference)
             self.dropout = nn.ModuleList(TunableDropout(self.keep) for _ in hidden)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -228,6 +229,8 @@ class MLP(_MLPLogic, pl.LightningModule):
             same ``parameterization`` and ``min_l2``), instead of one for all.
         keep: λ₀ of the dropout keep probability after each hidden activation, in
             [0.1, 1] (the range it is tuned in); ``None``: no dropout.
+        keep_difference: ``"central"`` (two coupled replays) or ``"one_sided"`` (one replay on
+            the step's own masks), the finite difference of :class:`KeepProbability`.
         optimizer: ``"sgd"`` (with ``momentum``) or ``"adamw"`` (torch's defaults besides
             ``lr`` and the weight decay).
         weight_decay: λ₀ of the optimizer's weight decay on the weight matrices, a

@@ -98,7 +98,13 @@ def table_markdown(summary: Mapping[str, Any]) -> str:
                 )
             )
         if s["online"]:
-            text.append("\n### Online runs\n\n")
+            text.append(
+                "\n### Online runs, per start\n\n"
+                "Gap: best validation loss against the grid's best; ÷ grid: time to the grid's "
+                "best over the grid's total time; final: each λ against the grid's best point "
+                "(× for penalties, ± for keep probabilities; ✗ outside 2× / ±0.05).\n\n"
+            )
+            grid_total = s["systems"].get("grid", {}).get("total_s")
             rows = []
             for r in s["online"]:
                 check = r.get("final_check", {})
@@ -113,9 +119,19 @@ def table_markdown(summary: Mapping[str, Any]) -> str:
                         _point(dims, r["start"]),
                         r["seed"],
                         fmt(r["best_val_loss"], 4),
+                        "—"
+                        if gb is None
+                        else f"{100 * (r['best_val_loss'] / gb['val_loss'] - 1):+.1f}%",
                         fmt(r["test_loss"], 4),
                         _seconds(r["total_s"]),
                         _seconds(r["time_to_grid_best_s"]),
+                        "—"
+                        if not grid_total
+                        else _ratio(
+                            None
+                            if r["time_to_grid_best_s"] is None
+                            else r["time_to_grid_best_s"] / grid_total
+                        ),
                         _seconds(r["time_to_optuna_best_s"]),
                         "; ".join(finals),
                     ]
@@ -126,9 +142,11 @@ def table_markdown(summary: Mapping[str, Any]) -> str:
                         "start",
                         "seed",
                         "best val",
+                        "gap",
                         "test",
                         "total s",
                         "s to grid's best",
+                        "÷ grid",
                         "s to optuna's best",
                         "final (vs grid's best)",
                     ],

@@ -8,7 +8,7 @@ import functools
 import importlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +67,25 @@ def _loaders_class() -> type:
     return Loaders
 
 
-def build_model(task: Task, point: Point, seed: int, datamodule: Any, tuned: bool = False) -> Any:
+def build_model(
+    task: Task,
+    point: Point,
+    seed: int,
+    datamodule: Any,
+    tuned: bool = False,
+    extra_args: Mapping[str, Any] | None = None,
+) -> Any:
     """The task's model on ``lightning.pytorch``, seeded, with its hyperparameters at ``point``.
 
     A learning-rate dim (:data:`LR_SCALE`) multiplies the task's ``lr`` (and ``final_lr``): for
     a run the tuner drives (``tuned``) the model declares it (``tune_lr``: a
     :class:`~lightning_hyperopt.LearningRate` λ, η_t = λ·lr_t), for the other systems it is a
-    fixed factor of the model's learning rates."""
+    fixed factor of the model's learning rates. ``extra_args`` add to (or replace) the task's
+    model arguments (``--online-model-args``)."""
     from lightning_hyperopt.core.hyperparameters import find_hyperparameters
     from lightning_hyperopt.models import for_namespace
 
-    args = dict(task.model_args)
+    args = {**task.model_args, **(extra_args or {})}
     if task.data == "ptb":
         args["vocab_size"] = datamodule.vocab_size
     if task.model == "mlp":
@@ -157,6 +165,8 @@ class Context:
     online_args: Mapping[str, Any]
     log: RunLog
     show_progress: bool = False
+    #: model arguments of the online runs only (``--online-model-args``)
+    online_model_args: Mapping[str, Any] = field(default_factory=dict)
 
 
 def fit_run(
@@ -182,7 +192,10 @@ def fit_run(
     Recorder = recorder_class("lightning.pytorch")
     task = ctx.task
     start = clock.read()
-    model = build_model(task, point, seed, ctx.datamodule, tuned=system == "online")
+    online = system == "online"
+    model = build_model(
+        task, point, seed, ctx.datamodule, online, ctx.online_model_args if online else None
+    )
     if system in TUNING_FREE:
         extra_callbacks = [*use_tuning_free(model, system, task.steps), *extra_callbacks]
     recorder = Recorder(clock, ctx.clock_name, budget, keep_best=True)
@@ -240,6 +253,8 @@ def fit_run(
         }
         if tuner is not None:
             record["online_args"] = dict(ctx.online_args)
+            if ctx.online_model_args:
+                record["online_model_args"] = dict(ctx.online_model_args)
             record["callback"] = describe_callback(tuner)
         record["test_loss"] = None
         if recorder.best < test_below:

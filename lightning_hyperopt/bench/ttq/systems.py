@@ -17,7 +17,15 @@ import yaml
 from ..clocks import CLOCKS, Clock, check_clock
 from ..records import RunLog, environment, progress, write_json
 from .report import plot_ttq, table_markdown
-from .runs import Context, build_datamodule, fit_run, lightning_pytorch, make_callback, run_key
+from .runs import (
+    Context,
+    build_datamodule,
+    build_model,
+    fit_run,
+    lightning_pytorch,
+    make_callback,
+    run_key,
+)
 from .summary import overall, records_of, summarize, total_time
 from .tasks import SYSTEMS, TASKS, Point, SettingError, Task, protocol, run_protocol
 from .tuning_free import TUNING_FREE, check_installed
@@ -141,6 +149,7 @@ def run_ttq(
     systems: Sequence[str] | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     online_args: Mapping[str, Any] | None = None,
+    online_model_args: Mapping[str, Any] | None = None,
     mnist_dir: Path = Path("../shared/data/mnist"),
     ptb_dir: Path = Path("../shared/data/ptb"),
     smoke: bool = False,
@@ -176,6 +185,7 @@ def run_ttq(
     if max_trials < 1:
         raise SettingError(f"max_trials={max_trials} must be >= 1")
     online_args = dict(online_args or {})
+    online_model_args = dict(online_model_args or {})
     make_callback(online_args)  # bad online arguments fail here, before any run
     plan = [TASKS[n].scaled(smoke, steps, val_every) for n in names]
     lightning_pytorch()
@@ -205,11 +215,20 @@ def run_ttq(
                     "so two validations in one epoch would be one report; use a val_every >= "
                     f"{per_epoch}"
                 )
+        if "online" in chosen and online_model_args:  # bad model arguments: before any run
+            try:
+                build_model(
+                    task, task.starts[0], seeds[0], datamodules[task.name], True, online_model_args
+                )
+            except (TypeError, ValueError) as err:
+                raise SettingError(f"task {task.name}, --online-model-args: {err}") from err
     log = RunLog(out, resume=resume)
-    _check_resumed(log, plan, online_args)
+    _check_resumed(log, plan, online_args, online_model_args)
     start = time.perf_counter()
     for task in plan:
-        ctx = Context(task, datamodules[task.name], clock, online_args, log, show_progress)
+        ctx = Context(
+            task, datamodules[task.name], clock, online_args, log, show_progress, online_model_args
+        )
         if "grid" in chosen:
             _fixed_points(ctx, "grid", task.grid, seeds[0])
         if "random" in chosen:
@@ -231,6 +250,7 @@ def run_ttq(
         "protocol": {
             "seeds": seeds,
             "online_args": online_args,
+            "online_model_args": online_model_args,
             "clock": clock,
             "smoke": smoke,
             "systems": chosen,
@@ -245,25 +265,41 @@ def run_ttq(
     return summary
 
 
-def _check_resumed(log: RunLog, plan: Sequence[Task], online_args: Mapping[str, Any]) -> None:
+def _check_resumed(
+    log: RunLog,
+    plan: Sequence[Task],
+    online_args: Mapping[str, Any],
+    online_model_args: Mapping[str, Any],
+) -> None:
     """Refuse to mix the recorded runs of another protocol (steps, validation interval, points,
-    online arguments) with new ones."""
+    online arguments, the online runs' model arguments) with new ones."""
     for task in plan:
         for r in log.records:
             if r["task"] != task.name:
                 continue
             theirs = r.get("protocol", {})
             ours = run_protocol(task)
-            if theirs != ours or (r["system"] == "online" and r["online_args"] != online_args):
+            online = r["system"] == "online"
+            if theirs != ours or (
+                online
+                and (
+                    r["online_args"] != online_args
+                    or r.get("online_model_args", {}) != online_model_args
+                )
+            ):
                 raise SettingError(
                     f"--resume: {log.path} holds run {r['key']} of another protocol "
-                    f"({theirs}, online arguments {r.get('online_args')}) than this one "
-                    f"({ours}, online arguments {dict(online_args)}); use another --out"
+                    f"({theirs}, online arguments {r.get('online_args')}, model arguments "
+                    f"{r.get('online_model_args', {})}) than this one ({ours}, online arguments "
+                    f"{dict(online_args)}, model arguments {dict(online_model_args)}); use "
+                    "another --out"
                 )
 
 
-def load_online_args(text: str | None) -> dict[str, Any]:
-    """``--online-args``: a JSON object, or the path of a YAML/JSON file holding one."""
+def load_online_args(text: str | None, flag: str = "--online-args") -> dict[str, Any]:
+    """``--online-args`` (or ``--online-model-args``): a JSON object, or the path of a
+    YAML/JSON file holding one."""
+    what = "OnlineHyperparamCallback" if flag == "--online-args" else "model constructor"
     if text is None:
         return {}
     path = Path(text)
@@ -271,14 +307,13 @@ def load_online_args(text: str | None) -> dict[str, Any]:
         value = yaml.safe_load(path.read_text()) if path.is_file() else json.loads(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise SettingError(
-            f"--online-args {text!r}: expected a JSON object (e.g. '{{\"warmup_steps\": 100}}') "
+            f"{flag} {text!r}: expected a JSON object (e.g. '{{\"warmup_steps\": 100}}') "
             f"or a YAML/JSON file: {err}"
         ) from err
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise SettingError(
-            f"--online-args {text!r}: expected a mapping of OnlineHyperparamCallback arguments, "
-            f"got {type(value).__name__}"
+            f"{flag} {text!r}: expected a mapping of {what} arguments, got {type(value).__name__}"
         )
     return value
