@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from lightning_hyperopt._lightning import namespace_of
 from lightning_hyperopt.adapter.fit_plan import FitPlan, LightningModule, Trainer
+from lightning_hyperopt.adapter.gather import gathered_iterator
 from lightning_hyperopt.adapter.module_losses import ModuleLoss, NoLoss, Quiet
 from lightning_hyperopt.core.arguments import check_probed_loss
 from lightning_hyperopt.core.autograd_limits import named_limits
@@ -83,7 +84,12 @@ def find_loader(trainer: Trainer, pl_module: LightningModule) -> Any:
 
 def _private_iterator(loader: Any) -> Iterator[Any]:
     """An iterator of our own: a DataLoader with persistent workers hands every ``iter()`` the
-    same iterator, which Lightning's validation loop would reset under us."""
+    same iterator, which Lightning's validation loop would reset under us. A loader over stored
+    tensors yields the same batches gathered by index (:mod:`~lightning_hyperopt.adapter.
+    gather`: no per-sample fetch and collate)."""
+    gathered = gathered_iterator(loader)
+    if gathered is not None:
+        return gathered
     if isinstance(loader, DataLoader) and loader.persistent_workers and loader.num_workers > 0:
         return loader._get_iterator()
     return iter(loader)
