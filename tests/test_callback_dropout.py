@@ -183,11 +183,39 @@ def test_validation_pass_is_in_eval_mode_and_leaves_batch_norm_alone():
     assert model.seen == [(False, True, True)] * 4  # the probe before training, 3 updates
 
 
-def test_bad_adopt_dropout_argument():
-    with pytest.raises(
-        ValueError, match=r"adopt_dropout='all'.*\('shared', 'per_module'\) or None"
-    ):
-        OnlineHyperparamCallback(adopt_dropout="all")
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        ("all", r"adopt_dropout='all' is not supported; accepted values: \('shared', 'per_mod"),
+        ({"mode": "all"}, r"adopt_dropout=\{'mode': 'all'\} is not supported"),
+        ({"diff": "one_sided"}, r"a mapping of the options \('mode', 'init', 'bounds', 'eps'"),
+        ({"difference": "two"}, r"adopt_dropout=.*difference='two' is not supported; accepted"),
+        ({"eps": 0.9}, r"adopt_dropout=\{'eps': 0.9\}: KeepProbability eps=0.9 must be in"),
+        ({"init": 0.05}, r"adopt_dropout=\{'init': 0.05\}: init=0.05 is outside bounds"),
+        (3, r"adopt_dropout=3 is not supported"),
+    ],
+)
+def test_bad_adopt_dropout_argument(value, match):
+    with pytest.raises(ValueError, match=match):
+        OnlineHyperparamCallback(adopt_dropout=value)
+
+
+def test_adopt_dropout_options_choose_the_one_sided_difference():
+    """A mapping passes adopt_dropout's options through: one replay per step instead of two
+    (a different λ trajectory from the same start), the mode defaulting to shared."""
+
+    def trajectory(adopt):
+        torch.manual_seed(0)
+        model = DropoutNet()
+        cb = OnlineHyperparamCallback(FirstOrder(), adopt_dropout=adopt)
+        rec, _ = run(model, cb, 6)
+        return model, rec.values
+
+    model, one_sided = trajectory({"difference": "one_sided", "eps": 0.1})
+    assert model.drop_in.keep is model.drop.keep  # shared
+    assert model.drop.keep.difference == "one_sided" and model.drop.keep.eps == 0.1
+    _, central = trajectory("shared")
+    assert one_sided != central and len(one_sided) == len(central) == 6
 
 
 def test_adopting_a_model_without_dropout_fails_before_training():

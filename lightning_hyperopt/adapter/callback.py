@@ -32,7 +32,7 @@ from lightning_hyperopt.adapter.run_guard import RunGuard
 from lightning_hyperopt.adapter.scaled_step import ScaledStep
 from lightning_hyperopt.adapter.validation import ValidationStream
 from lightning_hyperopt.core.arguments import count
-from lightning_hyperopt.core.dropout import ADOPT_MODES, AdoptMode, adopt_dropout
+from lightning_hyperopt.core.dropout import AdoptMode, adopt_dropout, adopt_options
 from lightning_hyperopt.core.engine import TangentEngine
 from lightning_hyperopt.core.hyper_optimizers import (
     HyperOptimizer,
@@ -153,6 +153,8 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         adopt_dropout: at setup, replace the model's ``nn.Dropout`` modules by
             :class:`TunableDropout` layers (see :func:`adopt_dropout`) with one shared keep
             probability (``"shared"``) or one per module (``"per_module"``), starting at 1 − p;
+            or a mapping of :func:`adopt_dropout`'s options (``mode``, ``init``, ``bounds``,
+            ``eps``, ``difference``), e.g. ``{"mode": "shared", "difference": "one_sided"}``;
             ``None`` leaves the model as it is. The keep probabilities are saved in the
             callback's state: the module's ``state_dict`` keeps the unmodified model's keys.
         max_nonfinite_steps: consecutive training steps with a non-finite loss
@@ -173,18 +175,14 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         tune: dict[str, Hyperparameter] | None = None,
         warmup_steps: int = 0,
         prog_bar: bool = True,
-        adopt_dropout: AdoptMode | None = None,
+        adopt_dropout: AdoptMode | dict[str, Any] | None = None,
         max_nonfinite_steps: int = 10,
         hyper_optimizer: HyperOptimizer | HyperOptimizerName | None = None,
         hyper_every: int = 1,
     ) -> None:
         super().__init__()
-        if adopt_dropout is not None and adopt_dropout not in ADOPT_MODES:
-            raise ValueError(
-                f"adopt_dropout={adopt_dropout!r} is not supported; accepted values: "
-                f"{ADOPT_MODES} or None"
-            )
         self.adopt_dropout = adopt_dropout
+        self._adopt = adopt_options(adopt_dropout)
         self.held = HeldHyperparameters(tune)
         #: the method; None until fit start for ``"auto"`` (see :func:`default_method`)
         self._auto = method == "auto"
@@ -221,10 +219,10 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         if stage != "fit":
             return
         self._distributed = check_trainer(trainer, pl_module)
-        if self.adopt_dropout is not None:
+        if self._adopt is not None:
             # before the optimizer exists and before a checkpoint's state_dict is loaded; the
             # keep probabilities stay out of the module's state_dict (this callback saves them)
-            adopt_dropout(pl_module, self.adopt_dropout, persistent=False)
+            adopt_dropout(pl_module, **self._adopt, persistent=False)
         check_replays(pl_module, self.held.tuned(pl_module))
 
     @property

@@ -18,8 +18,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import warnings
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -212,6 +212,41 @@ class TunableDropout(nn.Module):
         keep = self.keep.current()
         # 0-dim keep: the result keeps x's dtype
         return x * (u < keep).to(x.dtype) / keep
+
+
+#: the options of :func:`adopt_dropout` a caller may pass through (``persistent`` is the
+#: caller's own decision)
+ADOPT_OPTIONS = ("mode", "init", "bounds", "eps", "difference")
+
+
+def adopt_options(value: AdoptMode | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``adopt_dropout``'s keyword arguments from a mode (``"shared"``, ``"per_module"``), a
+    mapping of its options, or ``None`` (no adoption), checked now: an unknown option, mode,
+    difference, or a bad ``eps``/``bounds``/``init`` is an error before any training."""
+    if value is None:
+        return None
+    accepted = f"accepted values: {ADOPT_MODES}, a mapping of the options {ADOPT_OPTIONS}, or None"
+    if isinstance(value, str):
+        options: dict[str, Any] = {"mode": value}
+    elif isinstance(value, Mapping):
+        options = {"mode": "shared", **value}
+    else:
+        options = {"": value}
+    if set(options) - set(ADOPT_OPTIONS) or options["mode"] not in ADOPT_MODES:
+        raise ValueError(f"adopt_dropout={value!r} is not supported; {accepted}")
+    if "bounds" in options:
+        options["bounds"] = tuple(options["bounds"])
+    bounds = options.get("bounds", (0.1, 1.0))
+    try:  # the layers' own checks, before any training
+        KeepProbability(
+            bounds[1] if options.get("init") is None else options["init"],
+            bounds,
+            eps=options.get("eps", 0.05),
+            difference=options.get("difference", "central"),
+        )
+    except (TypeError, ValueError, IndexError) as err:
+        raise ValueError(f"adopt_dropout={value!r}: {err}") from None
+    return options
 
 
 def adopt_dropout(
