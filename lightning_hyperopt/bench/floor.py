@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from lightning_hyperopt.adapter.gather import gathered_iterator
 from lightning_hyperopt.adapter.module_losses import ModuleLoss, Quiet
 from lightning_hyperopt.adapter.validation import eval_mode, find_loader, move_data_to_device
 from lightning_hyperopt.core.kernels import has_rnn, native_rnn_kernels
@@ -31,9 +32,10 @@ class FloorHooks:
 
     The batch comes from the module's or datamodule's ``hyperopt_dataloader()``, else the
     fit's validation dataloader (:func:`~lightning_hyperopt.adapter.validation.find_loader`,
-    as for the tuner), endlessly; L_V is ``validation_loss`` or ``validation_step``'s loss, in
-    eval mode, on the native RNN kernels for a model with an RNN, its logging dropped (as the
-    tuner's g_V pass)."""
+    as for the tuner), endlessly, gathered by index where the tuner gathers it
+    (:mod:`~lightning_hyperopt.adapter.gather`); L_V is ``validation_loss`` or
+    ``validation_step``'s loss, in eval mode, on the native RNN kernels for a model with an
+    RNN, its logging dropped (as the tuner's g_V pass)."""
 
     def __init__(self) -> None:
         self.passes = 0  # validation batches drawn (one per training step)
@@ -63,7 +65,7 @@ class FloorHooks:
                     # RNG, so that the training steps' dropout masks are the plain fit's
                     with torch.random.fork_rng(devices=[]):
                         torch.manual_seed(self.passes)
-                        self._iter = iter(self._loader)
+                        self._iter = gathered_iterator(self._loader) or iter(self._loader)
                         return next(self._iter)
                 return next(self._iter)
             except StopIteration:
