@@ -113,7 +113,8 @@ def table_markdown(summary: Mapping[str, Any]) -> str:
                     c = check.get(d["name"], {})
                     v = r["final"][d["name"]]
                     rel = f"×{c['ratio']:.3g}" if "ratio" in c else f"{c['diff']:+.2f}" if c else ""
-                    finals.append(f"{d['name']}={v:.3g} ({rel}{'' if c.get('ok', True) else ' ✗'})")
+                    mark = "" if c.get("ok", True) else " ✗"
+                    finals.append(f"{d['name']}={v:.3g}" + (f" ({rel}{mark})" if rel else ""))
                 rows.append(
                     [
                         _point(dims, r["start"]),
