@@ -231,9 +231,12 @@ def test_adopting_a_model_without_dropout_fails_before_training():
     assert Counting.steps == 0
 
 
-def test_recurrent_model_with_gradient_accumulation():
-    """Every accumulated micro-batch of an RNN model is replayed at λ₊ and λ₋ on the native
-    kernels (H y comes from the step's own graph, no replay)."""
+@pytest.mark.parametrize("method", ["clip", "first_order"])
+def test_recurrent_model_with_gradient_accumulation(method):
+    """Every accumulated micro-batch of an RNN model is replayed at λ₊ and λ₋ on the kernels
+    of the step it replays: the native ones inside a step that needs H y (which comes from the
+    step's own graph, no replay), the fast ones (oneDNN here, cuDNN on a GPU) under
+    FirstOrder, whose steps need no second derivative."""
 
     class Recurrent(Regression):
         def __init__(self):
@@ -249,13 +252,16 @@ def test_recurrent_model_with_gradient_accumulation():
 
         def training_loss(self, batch):
             if self.keep.current() is not self.keep.value:  # perturbed: a replay at λ ± ε
-                self.replays += not torch.backends.mkldnn.enabled
+                self.replays.append(torch.backends.mkldnn.enabled)
             return super().training_loss(batch)
 
     model = Recurrent()
-    cb = OnlineHyperparamCallback(Clip(5.0, 0.1))
+    model.replays = []
+    cb = OnlineHyperparamCallback(Clip(5.0, 0.1) if method == "clip" else FirstOrder(1e-2))
     rec, _ = run(model, cb, 2, accumulate_grad_batches=2)
-    assert model.replays == 2 * 2 * 2  # 2 steps × 2 micro-batches × (λ₊, λ₋)
+    # 2 steps × 2 micro-batches × (λ₊, λ₋), native kernels (oneDNN off) only under Clip
+    assert model.replays == [method == "first_order"] * (2 * 2 * 2)
+    assert torch.backends.mkldnn.enabled  # as it was
     assert len(rec.values) == 4 and rec.values[-1] != rec.values[0]
 
 

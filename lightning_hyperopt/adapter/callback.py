@@ -123,8 +123,9 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
     kernels (cuDNN's RNN has no double backward); the other steps keep the fast kernels. The
     math kernel materializes the attention weights, B·heads·T² values per attention layer kept
     until the double back-prop is done: on a GPU with long sequences, the memory to plan for
-    (docs/how-to/cost.md). Replays and g_V passes of models that contain an ``nn.RNNBase`` run
-    on the native kernels too. Reentrant checkpointing, sparse gradients with a tangent method
+    (docs/how-to/cost.md). g_V passes of models that contain an ``nn.RNNBase`` run on the
+    native kernels too (cuDNN's RNN has no backward in eval mode); dropout replays run on the
+    kernels of the step they replay (they need first derivatives only). Reentrant checkpointing, sparse gradients with a tangent method
     and operations without a double backward are refused with their fix before the first
     optimizer step (docs/how-to/supported-models.md).
 

@@ -25,7 +25,6 @@ from lightning_hyperopt.adapter.fit_plan import FitPlan, LightningModule, Traine
 from lightning_hyperopt.adapter.module_losses import ModuleLoss, Quiet
 from lightning_hyperopt.core.arguments import check_probed_loss
 from lightning_hyperopt.core.hyperparameters.base import Hyperparameter
-from lightning_hyperopt.core.kernels import native_rnn_kernels
 
 Captured = tuple[Any, int, Tensor, Tensor | None]
 
@@ -57,7 +56,6 @@ class StepReplay:
 
     def __init__(self) -> None:
         self.enabled = False
-        self._native_rnn = False
         self._probe = False
         self._pending: Captured | None = None
         self._stash: list[Captured] = []
@@ -67,7 +65,7 @@ class StepReplay:
     def start(self, plan: FitPlan, pl_module: LightningModule) -> None:
         """A new fit: replays only when some hyperparameter needs them; the first captured
         batch probes ``training_loss`` (or ``training_step``) first."""
-        self.enabled, self._native_rnn = plan.replays, plan.native_rnn
+        self.enabled = plan.replays
         self._probe = plan.replays
         if self.enabled:
             self._source = ModuleLoss(pl_module, "training_loss", "training_step")
@@ -107,8 +105,10 @@ class StepReplay:
         devices = _devices(pl_module)
         scale = trainer.accumulate_grad_batches
         for batch, batch_idx, cpu_state, cuda_state in self._stash:
-            kernels = native_rnn_kernels() if self._native_rnn else contextlib.nullcontext()
-            with torch.random.fork_rng(devices=devices), kernels:
+            # the kernels of the step replayed: a replay needs only first derivatives, so it
+            # runs where the step ran (native RNN kernels inside a step that needs H·y, whose
+            # guard is still entered; cuDNN/oneDNN otherwise, e.g. every FirstOrder step)
+            with torch.random.fork_rng(devices=devices):
                 torch.set_rng_state(cpu_state)
                 if cuda_state is not None:
                     torch.cuda.set_rng_state(cuda_state, pl_module.device)
