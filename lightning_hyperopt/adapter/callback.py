@@ -125,9 +125,10 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
     until the double back-prop is done: on a GPU with long sequences, the memory to plan for
     (docs/how-to/cost.md). g_V passes of models that contain an ``nn.RNNBase`` run on the
     native kernels too (cuDNN's RNN has no backward in eval mode); dropout replays run on the
-    kernels of the step they replay (they need first derivatives only). Reentrant checkpointing, sparse gradients with a tangent method
-    and operations without a double backward are refused with their fix before the first
-    optimizer step (docs/how-to/supported-models.md).
+    kernels of the step they replay (they need first derivatives only). Reentrant
+    checkpointing, sparse gradients with a tangent method and operations without a double
+    backward are refused with their fix before the first optimizer step
+    (docs/how-to/supported-models.md).
 
     Non-finite values never reach λ: a step whose training loss is not finite
     moves neither y nor λ and is counted (``hyperopt/<name>/nonfinite``); the first one is

@@ -269,6 +269,12 @@ def _ttq_parser(sub: Any) -> None:
         help="model constructor arguments of the online runs only, as a JSON object or a "
         'YAML/JSON file, e.g. \'{"keep_difference": "one_sided"}\' (default {})',
     )
+    t.add_argument(
+        "--online-data-args",
+        default=None,
+        help="datamodule attributes of the online runs only, as a JSON object or a YAML/JSON "
+        "file, e.g. '{\"hyperopt_batch_size\": 50}' (the g_V batches; default {})",
+    )
     t.add_argument("--mnist-dir", type=Path, default=Path("../shared/data/mnist"))
     t.add_argument("--ptb-dir", type=Path, default=Path("../shared/data/ptb"))
     t.add_argument("--steps", type=int, default=None, help="training steps per run (all tasks)")
@@ -355,6 +361,7 @@ def _run_ttq(args: argparse.Namespace) -> None:
             seeds=args.seeds,
             online_args=load_online_args(args.online_args),
             online_model_args=load_online_args(args.online_model_args, "--online-model-args"),
+            online_data_args=load_online_args(args.online_data_args, "--online-data-args"),
             mnist_dir=args.mnist_dir,
             ptb_dir=args.ptb_dir,
             smoke=args.smoke,

@@ -145,6 +145,8 @@ class MNISTDataModule(LightningDataModule):
         mirror: base URL the four files are downloaded from.
         train_size: number of training images kept: the first ``train_size`` images of the
             (seeded) training split; ``None`` keeps them all.
+        hyperopt_batch_size: the batch size of :meth:`hyperopt_dataloader` (the tuner's g_V
+            batches); ``None``: ``batch_size``.
     """
 
     def __init__(
@@ -161,9 +163,15 @@ class MNISTDataModule(LightningDataModule):
         checksums: dict[str, str] | None = None,
         mirror: str = MNIST_MIRROR,
         train_size: int | None = None,
+        hyperopt_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         self.batch_size = int_at_least("batch_size", batch_size, 1)
+        self.hyperopt_batch_size = (
+            None
+            if hyperopt_batch_size is None
+            else int_at_least("hyperopt_batch_size", hyperopt_batch_size, 1)
+        )
         self.val_fraction = fraction_in("val_fraction", val_fraction, include_one=False)
         self.split_seed = int_at_least("split_seed", split_seed, 0)
         if train_size is not None and (
@@ -230,7 +238,11 @@ class MNISTDataModule(LightningDataModule):
         Independent of :meth:`val_dataloader`: its own generator (seeded ``shuffle_seed + 1``),
         so drawing tuning batches does not disturb validation or training order.
         """
-        return self._loader(self._require(self.val_set, "fit"), seed=self.shuffle_seed + 1)
+        return self._loader(
+            self._require(self.val_set, "fit"),
+            seed=self.shuffle_seed + 1,
+            batch_size=self.hyperopt_batch_size,
+        )
 
     def _load(self, images_name: str, labels_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         # A no-op after prepare_data(); it lets setup() alone work, and gives a missing file
@@ -256,10 +268,12 @@ class MNISTDataModule(LightningDataModule):
         x = x.reshape(len(x), -1) if self.flatten else x.unsqueeze(1)
         return x, labels.to(torch.int64)
 
-    def _loader(self, dataset: TensorDataset, seed: int | None = None) -> DataLoader:
+    def _loader(
+        self, dataset: TensorDataset, seed: int | None = None, batch_size: int | None = None
+    ) -> DataLoader:
         return DataLoader(
             _WholeBatches(dataset),
-            batch_size=self.batch_size,
+            batch_size=batch_size or self.batch_size,
             shuffle=seed is not None,
             generator=None if seed is None else torch.Generator().manual_seed(seed),
             collate_fn=_collated,

@@ -186,7 +186,7 @@ def test_online_args_reach_the_callback(tmp_path, data):
     table = (out / "table.md").read_text()
     assert json.dumps(online) in table
     assert "### Online runs, per start" in table and "| gap |" in table
-    with pytest.raises(SystemExit, match=r"another protocol .*online arguments \{'warmup_steps'"):
+    with pytest.raises(SystemExit, match=r"another protocol .*'online_args': \{'warmup_steps'"):
         main(["ttq", "--out", str(out), "--smoke", "--task", "mnist_adamw", "--resume", *data])
 
 
@@ -194,13 +194,25 @@ def test_online_model_args_reach_the_online_runs_only(tmp_path, data):
     out = tmp_path / "m"
     args = ["ttq", "--out", str(out), "--smoke", "--no-progress", "--task", "mnist_multi"]
     args += ["--systems", "grid,online", "--seeds", "0", *data]
-    main([*args, "--online-model-args", '{"keep_difference": "one_sided"}'])
+    main(
+        [
+            *args,
+            *("--online-model-args", '{"keep_difference": "one_sided"}'),
+            *("--online-data-args", '{"hyperopt_batch_size": 7}'),
+        ]
+    )
     runs = records(out)
     online = [r for r in runs if r["system"] == "online"]
     assert online and all(
-        r["online_model_args"] == {"keep_difference": "one_sided"} for r in online
+        r["online_model_args"] == {"keep_difference": "one_sided"}
+        and r["online_data_args"] == {"hyperopt_batch_size": 7}
+        for r in online
     )
-    assert all("online_model_args" not in r for r in runs if r["system"] == "grid")
+    assert all(
+        "online_model_args" not in r and "online_data_args" not in r
+        for r in runs
+        if r["system"] == "grid"
+    )
     # the one-sided difference costs one replay, not two: a different λ trajectory
     central = tmp_path / "c"
     main(["ttq", "--out", str(central), *args[3:]])
@@ -208,7 +220,7 @@ def test_online_model_args_reach_the_online_runs_only(tmp_path, data):
     for r in records(central):
         if r["system"] == "online":
             assert r["lambda_final"]["keep"] != one_sided[r["index"]]["keep"]
-    with pytest.raises(SystemExit, match=r"another protocol .*model arguments \{'keep_diff"):
+    with pytest.raises(SystemExit, match=r"another protocol .*'online_model_args': \{'keep_diff"):
         main([*args, "--resume"])
 
 
@@ -220,6 +232,10 @@ def test_online_model_args_reach_the_online_runs_only(tmp_path, data):
             "task mnist_l2, --online-model-args: .*unexpected keyword argument 'keep_diff'",
         ),
         (["--online-model-args", "[1]"], "expected a mapping of model constructor arguments"),
+        (
+            ["--online-data-args", '{"nope": 1}'],
+            r"--online-data-args: MNISTDataModule has no attribute \['nope'\]",
+        ),
         (["--task", "mnist_l3"], r"tasks: unknown \['mnist_l3'\]; accepted values: \['mnist_l2'"),
         (["--systems", "grid,bayes"], r"systems: unknown \['bayes'\]; accepted values"),
         (["--systems", "optuna"], "optuna's budget is the grid's total time: add grid"),

@@ -221,6 +221,15 @@ def test_loaders_match_per_sample_loaders(tiny, batch_size: int, flatten: bool) 
         assert_same_batches(new, per_sample_loader(dataset, batch_size, seed))
 
 
+def test_hyperopt_batch_size_sets_the_tuner_loader_only(tiny) -> None:
+    dm = make_dm(tiny, batch_size=4, hyperopt_batch_size=3)
+    dm.setup("fit")
+    assert_same_batches(dm.hyperopt_dataloader(), per_sample_loader(dm.val_set, 3, 1))
+    assert dm.val_dataloader().batch_size == dm.train_dataloader().batch_size == 4
+    with pytest.raises(ValueError, match="hyperopt_batch_size"):
+        make_dm(tiny, hyperopt_batch_size=0)
+
+
 def test_loader_with_workers_matches(tiny) -> None:
     dm = make_dm(tiny, num_workers=1, shuffle_seed=2)
     loader = dm.train_dataloader()

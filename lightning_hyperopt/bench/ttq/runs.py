@@ -167,6 +167,28 @@ class Context:
     show_progress: bool = False
     #: model arguments of the online runs only (``--online-model-args``)
     online_model_args: Mapping[str, Any] = field(default_factory=dict)
+    #: datamodule attributes of the online runs only (``--online-data-args``)
+    online_data_args: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: what an online run may change beyond the callback's arguments: the flag and the record key
+ONLINE_EXTRAS = {"model": "online_model_args", "data": "online_data_args"}
+
+
+def online_datamodule(datamodule: Any, attributes: Mapping[str, Any]) -> Any:
+    """``datamodule``, or a copy of it (sharing the loaded tensors) with ``attributes`` set,
+    e.g. ``{"hyperopt_batch_size": 50}``; an attribute it does not have is an error."""
+    if not attributes:
+        return datamodule
+    unknown = sorted(k for k in attributes if not hasattr(datamodule, k))
+    if unknown:
+        raise SettingError(
+            f"--online-data-args: {type(datamodule).__name__} has no attribute {unknown}"
+        )
+    copied = copy.copy(datamodule)
+    for key, value in attributes.items():
+        setattr(copied, key, value)
+    return copied
 
 
 def fit_run(
@@ -219,9 +241,10 @@ def fit_run(
     )
     settings.update(task.trainer_args)
     trainer = L.Trainer(callbacks=callbacks, **settings)
+    data = online_datamodule(ctx.datamodule, ctx.online_data_args) if online else ctx.datamodule
     was_pruned = False
     try:
-        trainer.fit(model, datamodule=Loaders(ctx.datamodule, seed))
+        trainer.fit(model, datamodule=Loaders(data, seed))
     except pruned:  # raised in a validation hook, after the recorder's
         was_pruned = True
     end = clock.read()
@@ -253,8 +276,9 @@ def fit_run(
         }
         if tuner is not None:
             record["online_args"] = dict(ctx.online_args)
-            if ctx.online_model_args:
-                record["online_model_args"] = dict(ctx.online_model_args)
+            for key in ONLINE_EXTRAS.values():
+                if getattr(ctx, key):
+                    record[key] = dict(getattr(ctx, key))
             record["callback"] = describe_callback(tuner)
         record["test_loss"] = None
         if recorder.best < test_below:

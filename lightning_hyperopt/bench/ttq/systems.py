@@ -24,6 +24,7 @@ from .runs import (
     fit_run,
     lightning_pytorch,
     make_callback,
+    online_datamodule,
     run_key,
 )
 from .summary import overall, records_of, summarize, total_time
@@ -150,6 +151,7 @@ def run_ttq(
     seeds: Sequence[int] = (0, 1, 2),
     online_args: Mapping[str, Any] | None = None,
     online_model_args: Mapping[str, Any] | None = None,
+    online_data_args: Mapping[str, Any] | None = None,
     mnist_dir: Path = Path("../shared/data/mnist"),
     ptb_dir: Path = Path("../shared/data/ptb"),
     smoke: bool = False,
@@ -185,7 +187,10 @@ def run_ttq(
     if max_trials < 1:
         raise SettingError(f"max_trials={max_trials} must be >= 1")
     online_args = dict(online_args or {})
-    online_model_args = dict(online_model_args or {})
+    extras = {
+        "online_model_args": dict(online_model_args or {}),
+        "online_data_args": dict(online_data_args or {}),
+    }
     make_callback(online_args)  # bad online arguments fail here, before any run
     plan = [TASKS[n].scaled(smoke, steps, val_every) for n in names]
     lightning_pytorch()
@@ -215,19 +220,25 @@ def run_ttq(
                     "so two validations in one epoch would be one report; use a val_every >= "
                     f"{per_epoch}"
                 )
-        if "online" in chosen and online_model_args:  # bad model arguments: before any run
+        if "online" in chosen:  # bad model or datamodule arguments: before any run
             try:
                 build_model(
-                    task, task.starts[0], seeds[0], datamodules[task.name], True, online_model_args
+                    task,
+                    task.starts[0],
+                    seeds[0],
+                    datamodules[task.name],
+                    True,
+                    extras["online_model_args"],
                 )
             except (TypeError, ValueError) as err:
                 raise SettingError(f"task {task.name}, --online-model-args: {err}") from err
+            online_datamodule(datamodules[task.name], extras["online_data_args"])
     log = RunLog(out, resume=resume)
-    _check_resumed(log, plan, online_args, online_model_args)
+    _check_resumed(log, plan, {"online_args": online_args, **extras})
     start = time.perf_counter()
     for task in plan:
         ctx = Context(
-            task, datamodules[task.name], clock, online_args, log, show_progress, online_model_args
+            task, datamodules[task.name], clock, online_args, log, show_progress, **extras
         )
         if "grid" in chosen:
             _fixed_points(ctx, "grid", task.grid, seeds[0])
@@ -250,7 +261,7 @@ def run_ttq(
         "protocol": {
             "seeds": seeds,
             "online_args": online_args,
-            "online_model_args": online_model_args,
+            **extras,
             "clock": clock,
             "smoke": smoke,
             "systems": chosen,
@@ -265,41 +276,32 @@ def run_ttq(
     return summary
 
 
-def _check_resumed(
-    log: RunLog,
-    plan: Sequence[Task],
-    online_args: Mapping[str, Any],
-    online_model_args: Mapping[str, Any],
-) -> None:
-    """Refuse to mix the recorded runs of another protocol (steps, validation interval, points,
-    online arguments, the online runs' model arguments) with new ones."""
+def _check_resumed(log: RunLog, plan: Sequence[Task], online: Mapping[str, Mapping]) -> None:
+    """Refuse to mix the recorded runs of another protocol (steps, validation interval, points;
+    for online runs their callback, model and datamodule arguments, ``online``) with new
+    ones."""
     for task in plan:
         for r in log.records:
             if r["task"] != task.name:
                 continue
             theirs = r.get("protocol", {})
             ours = run_protocol(task)
-            online = r["system"] == "online"
-            if theirs != ours or (
-                online
-                and (
-                    r["online_args"] != online_args
-                    or r.get("online_model_args", {}) != online_model_args
-                )
-            ):
+            recorded = {k: r.get(k, {}) for k in online}
+            if theirs != ours or (r["system"] == "online" and recorded != dict(online)):
+                mine = {k: dict(v) for k, v in online.items()}
                 raise SettingError(
                     f"--resume: {log.path} holds run {r['key']} of another protocol "
-                    f"({theirs}, online arguments {r.get('online_args')}, model arguments "
-                    f"{r.get('online_model_args', {})}) than this one ({ours}, online arguments "
-                    f"{dict(online_args)}, model arguments {dict(online_model_args)}); use "
-                    "another --out"
+                    f"({theirs}, {recorded}) than this one ({ours}, {mine}); use another --out"
                 )
 
 
 def load_online_args(text: str | None, flag: str = "--online-args") -> dict[str, Any]:
     """``--online-args`` (or ``--online-model-args``): a JSON object, or the path of a
     YAML/JSON file holding one."""
-    what = "OnlineHyperparamCallback" if flag == "--online-args" else "model constructor"
+    what = {
+        "--online-args": "OnlineHyperparamCallback",
+        "--online-model-args": "model constructor",
+    }.get(flag, "datamodule")
     if text is None:
         return {}
     path = Path(text)
