@@ -161,11 +161,13 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
             callback's state: the module's ``state_dict`` keeps the unmodified model's keys.
         max_nonfinite_steps: consecutive training steps with a non-finite loss
             after which the run stops with an error.
-        hyper_optimizer: the hyper step: ``AdaptiveStep(lr, max_step)`` (scale-free: one
-            setting serves every task), ``PaperStep()`` (the paper's λ ← λ − c·η·h, with c the
-            method's ``hyper_lr_scale``), or their names ``"adaptive"``, ``"paper"``. ``None``
-            (default): the paper's rule when the method was given ``hyper_lr_scale`` (or
-            FirstOrder's ``hyper_lr``), the adaptive one otherwise.
+        hyper_optimizer: the hyper step: ``AdaptiveStep(lr, max_step, initial_lr,
+            decay_updates)`` (scale-free: one setting serves every task; its steps start at
+            30% of λ per update and decay to 1% over 200 updates), ``PaperStep()`` (the
+            paper's λ ← λ − c·η·h, with c the method's ``hyper_lr_scale``), or their names
+            ``"adaptive"``, ``"paper"``. ``None`` (default): the paper's rule when the method
+            was given ``hyper_lr_scale`` (or FirstOrder's ``hyper_lr``), the adaptive one
+            otherwise.
         hyper_every: k ≥ 1: draw g_V and move λ at every k-th update point only (y still moves
             every step; the paper rule's step is multiplied by k). A change of estimator that
             saves k − 1 validation passes in k; 1 is the paper's algorithm.

@@ -87,21 +87,24 @@ class AdaptiveStep(HyperOptimizer):
     update (ρ = 0.01 in log space: 1% of λ), whatever the task; when h's sign is noisy, m̂/√v̂
     and the steps shrink by themselves. The method's α_t is not used.
 
-    With ``initial_lr`` ρ₀ and ``decay_updates`` K > 0 the step starts larger and decays
-    geometrically to ρ over a row's first K updates (k = 1, 2, … counts them):
+    The step starts at ρ₀ (``initial_lr``) and decays geometrically to ρ over a row's first K
+    updates (``decay_updates``; k = 1, 2, … counts them), never below ρ:
 
-        ρ_k = ρ · (ρ₀ / ρ)^max(0, 1 − (k − 1)/K)
+        ρ_k = ρ · max(1, (ρ₀ / ρ)^max(0, 1 − (k − 1)/K))
 
-    so a start far from the optimum (an over-regularized network) is left within the first
-    updates, and the later steps are the steady ones.
+    so a start far from the optimum (an over-regularized network, which a constant 1% per
+    update would leave only after hundreds of crippled steps) is left within the first tens of
+    updates, and the later steps are the steady ones. ``initial_lr=None`` or K = 0: ρ
+    throughout. The defaults (ρ = 0.01, ρ₀ = δ = 0.3, K = 200) were chosen on the
+    time-to-quality benchmark, over-regularized starts included (docs/results.md).
 
     Args:
         lr: ρ, the step in u per update for a steady hypergradient.
         betas: (β₁, β₂), the decay of the moments.
         max_step: δ, the largest move of u in one update.
         eps: ε, relative to nothing: keep it far below any |g_u| (float64 λ).
-        initial_lr: ρ₀, the step of the first update (``None``: ρ, no decay).
-        decay_updates: K, the updates over which ρ₀ decays to ρ (0: no decay).
+        initial_lr: ρ₀, the step of the first update (``None``: ρ throughout).
+        decay_updates: K, the updates over which ρ₀ decays to ρ (0: ρ throughout).
     """
 
     space = "natural"
@@ -110,10 +113,10 @@ class AdaptiveStep(HyperOptimizer):
         self,
         lr: float = 0.01,
         betas: tuple[float, float] = (0.9, 0.999),
-        max_step: float = 0.1,
+        max_step: float = 0.3,
         eps: float = 1e-30,
-        initial_lr: float | None = None,
-        decay_updates: int = 0,
+        initial_lr: float | None = 0.3,
+        decay_updates: int = 200,
     ) -> None:
         self.lr = positive("lr", lr)
         self.initial_lr = None if initial_lr is None else positive("initial_lr", initial_lr)
@@ -152,7 +155,7 @@ class AdaptiveStep(HyperOptimizer):
 
     def _rate(self, updates: Tensor) -> Tensor | float:
         """ρ_k per row (k = ``updates``, the row's updates so far, this one included)."""
-        if self.initial_lr is None or self.decay_updates == 0 or self.initial_lr == self.lr:
+        if self.initial_lr is None or self.decay_updates == 0 or self.initial_lr <= self.lr:
             return self.lr
         left = (1.0 - (updates - 1.0) / self.decay_updates).clamp(0.0, 1.0)
         return self.lr * (self.initial_lr / self.lr) ** left

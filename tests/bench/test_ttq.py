@@ -194,6 +194,9 @@ def test_online_model_args_reach_the_online_runs_only(tmp_path, data):
     out = tmp_path / "m"
     args = ["ttq", "--out", str(out), "--smoke", "--no-progress", "--task", "mnist_multi"]
     args += ["--systems", "grid,online", "--seeds", "0", *data]
+    # steps of 1% (the default's first steps of 0.3 take keep to its bound either way)
+    step = {"class_path": "lightning_hyperopt.AdaptiveStep", "init_args": {"initial_lr": None}}
+    args += ["--online-args", json.dumps({"hyper_optimizer": step})]
     main(
         [
             *args,

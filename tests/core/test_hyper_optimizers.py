@@ -74,11 +74,21 @@ def test_adaptive_step_is_scale_free_and_the_paper_rule_is_not():
     assert abs(paper_scaled[0] - 0.05) > 100 * abs(paper[0] - 0.05)
 
 
-def test_adaptive_first_step_moves_log_lambda_by_lr():
-    """On the first update m̂/√v̂ = sign(g_u): log λ moves by exactly ρ against h."""
-    trajectory, engine = train(AdaptiveStep(lr=0.03), steps=1)
+@pytest.mark.parametrize(
+    "step, first_move",
+    [
+        (AdaptiveStep(lr=0.03, initial_lr=None), 0.03),
+        (AdaptiveStep(lr=0.03, decay_updates=0), 0.03),
+        (AdaptiveStep(), 0.3),  # the default starts at ρ₀ = 0.3
+        (AdaptiveStep(lr=0.5, max_step=1.0), 0.5),  # ρ₀ below ρ: ρ throughout
+    ],
+)
+def test_adaptive_first_step_moves_log_lambda_by_its_rate(step, first_move):
+    """On the first update m̂/√v̂ = sign(g_u): log λ moves by exactly ρ₁ against h."""
+    trajectory, engine = train(step, steps=1)
     h = float(engine.hypergradients[0])
-    assert math.log(trajectory[0]) == pytest.approx(math.log(0.05) - 0.03 * math.copysign(1, h))
+    expected = math.log(0.05) - first_move * math.copysign(1, h)
+    assert math.log(trajectory[0]) == pytest.approx(expected)
 
 
 def test_max_step_caps_a_move():
@@ -94,7 +104,10 @@ def test_keep_probability_moves_in_probability_space(start):
     keep = KeepProbability(start)
     w = nn.Parameter(torch.ones(3, dtype=f64))
     engine = TangentEngine(
-        Exact(), {"keep": keep}, torch.optim.SGD([w], lr=0.1), hyper_optimizer=AdaptiveStep(0.1)
+        Exact(),
+        {"keep": keep},
+        torch.optim.SGD([w], lr=0.1),
+        hyper_optimizer=AdaptiveStep(0.1, initial_lr=None),
     )
     assert engine.hyper_step.spaces == (False, False)  # identity
     values = torch.tensor([start], dtype=f64)
@@ -131,12 +144,12 @@ def test_a_decaying_step_moves_by_its_schedule_per_row():
 
 
 def test_without_a_decay_the_step_is_the_constant_one():
-    """initial_lr = None, K = 0 or ρ₀ = ρ: bit for bit the constant rule."""
-    base, _ = train(AdaptiveStep(lr=0.05))
+    """initial_lr = None, K = 0 or ρ₀ ≤ ρ: bit for bit the constant rule."""
+    base, _ = train(AdaptiveStep(lr=0.05, initial_lr=None))
     for variant in (
-        AdaptiveStep(lr=0.05, initial_lr=0.5),
-        AdaptiveStep(lr=0.05, decay_updates=10),
+        AdaptiveStep(lr=0.05, initial_lr=0.5, decay_updates=0),
         AdaptiveStep(lr=0.05, initial_lr=0.05, decay_updates=10),
+        AdaptiveStep(lr=0.05, initial_lr=0.01, decay_updates=10),
     ):
         assert train(variant)[0] == base
     assert train(AdaptiveStep(lr=0.05, initial_lr=0.5, decay_updates=10))[0] != base
@@ -151,7 +164,7 @@ def test_a_penalty_at_zero_cannot_start_in_log_space():
 
 
 def test_a_skipped_row_leaves_the_moments_and_lambda_alone():
-    step = AdaptiveStep(lr=0.1)
+    step = AdaptiveStep(lr=0.1, initial_lr=None)
     u = torch.tensor([0.0, 0.0], dtype=f64)
     out = step.step(u, torch.tensor([1.0, math.nan], dtype=f64), 0.0, torch.tensor([True, False]))
     assert out.tolist() == pytest.approx([-0.1, 0.0])
