@@ -93,6 +93,7 @@ class KeepProbability(Hyperparameter):
     """
 
     drift_source: DriftSource = "finite_difference"
+    fast_start = True
 
     def __init__(
         self,

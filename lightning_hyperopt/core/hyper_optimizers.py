@@ -55,6 +55,10 @@ class HyperOptimizer:
     def step(self, u: Tensor, grad: Tensor, alpha: float, rows: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def bind(self, fast_start: Sequence[bool], like: Tensor) -> None:
+        """The rows' kinds, once per fit: which rows may take large first steps
+        (:attr:`Hyperparameter.fast_start`)."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -87,8 +91,10 @@ class AdaptiveStep(HyperOptimizer):
     update (ρ = 0.01 in log space: 1% of λ), whatever the task; when h's sign is noisy, m̂/√v̂
     and the steps shrink by themselves. The method's α_t is not used.
 
-    The step starts at ρ₀ (``initial_lr``) and decays geometrically to ρ over a row's first K
-    updates (``decay_updates``; k = 1, 2, … counts them), never below ρ:
+    The step of a regularizer's row (L2 penalty, weight decay, keep probability:
+    :attr:`Hyperparameter.fast_start`) starts at ρ₀ (``initial_lr``) and decays geometrically
+    to ρ over the row's first K updates (``decay_updates``; k = 1, 2, … counts them), never
+    below ρ; a learning rate, a momentum or a generic scalar moves by ρ from the start:
 
         ρ_k = ρ · max(1, (ρ₀ / ρ)^max(0, 1 − (k − 1)/K))
 
@@ -132,6 +138,15 @@ class AdaptiveStep(HyperOptimizer):
         self._m: Tensor | None = None
         self._v: Tensor | None = None
         self._count: Tensor | None = None
+        #: the rows the decaying start applies to (None: every row, e.g. outside a fit)
+        self._fast: Tensor | bool | None = None
+
+    def bind(self, fast_start: Sequence[bool], like: Tensor) -> None:
+        flags = [bool(f) for f in fast_start]
+        if len(set(flags)) <= 1:
+            self._fast = flags[0] if flags else None
+        else:
+            self._fast = torch.tensor(flags, device=like.device)
 
     def step(self, u: Tensor, grad: Tensor, alpha: float, rows: Tensor) -> Tensor:
         beta1, beta2 = self.betas
@@ -155,10 +170,20 @@ class AdaptiveStep(HyperOptimizer):
 
     def _rate(self, updates: Tensor) -> Tensor | float:
         """ρ_k per row (k = ``updates``, the row's updates so far, this one included)."""
-        if self.initial_lr is None or self.decay_updates == 0 or self.initial_lr <= self.lr:
+        if (
+            self.initial_lr is None
+            or self.decay_updates == 0
+            or self.initial_lr <= self.lr
+            or self._fast is False
+        ):
             return self.lr
         left = (1.0 - (updates - 1.0) / self.decay_updates).clamp(0.0, 1.0)
-        return self.lr * (self.initial_lr / self.lr) ** left
+        rate = self.lr * (self.initial_lr / self.lr) ** left
+        return (
+            rate
+            if self._fast is None or self._fast is True
+            else torch.where(self._fast, rate, self.lr)
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -98,7 +98,9 @@ class HyperStep:
                 )
         bounds = [h.bounds for h in hypers]
         like = hypers[0].value
-        return cls(method, spaces, bounds, optimizer, warmup_steps, hyper_every, like)
+        step = cls(method, spaces, bounds, optimizer, warmup_steps, hyper_every, like)
+        step.optimizer.bind([h.fast_start for h in hypers], like)
+        return step
 
     def should_update(self, step: int) -> bool:
         """Whether λ moves after the step just taken (t = step − 1): after the warm-up, when

@@ -110,6 +110,12 @@ class Hyperparameter(nn.Module):
         probabilities."""
         return self.parameterization
 
+    #: whether :class:`AdaptiveStep`'s large first steps (``initial_lr``) apply to this kind:
+    #: yes for regularizers (an over-regularized start cripples the network until λ leaves
+    #: it), no for a generic scalar, a learning rate or a momentum (a 30% step on a learning
+    #: rate can make the run diverge); those move by ``lr`` from the first update
+    fast_start: bool = False
+
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         # λ follows the module's device but keeps float64 under .half()/.float()/bf16-true:
         # hyper steps are often ~1e-7 of λ (float32 on MPS, which has no float64)

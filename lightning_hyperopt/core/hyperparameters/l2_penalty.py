@@ -48,6 +48,7 @@ class L2Penalty(Hyperparameter):
     """
 
     drift_source: DriftSource = "closed_form"
+    fast_start = True
     #: None: nobody tunes this penalty, so nothing is recorded (see ``record_calls``)
     calls: list[PenaltyCall] | None = None
 

@@ -52,6 +52,7 @@ class WeightDecay(Hyperparameter):
         self.init_from_optimizer = init is None
 
     drift_source: DriftSource = "optimizer"
+    fast_start = True
 
     @property
     def natural_space(self) -> Parameterization:
