@@ -162,8 +162,8 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         max_nonfinite_steps: consecutive training steps with a non-finite loss
             after which the run stops with an error.
         hyper_optimizer: the hyper step: ``AdaptiveStep(lr, max_step, initial_lr,
-            decay_updates)`` (scale-free: one setting serves every task; its steps start at
-            30% of λ per update and decay to 1% over 200 updates), ``PaperStep()`` (the
+            decay_updates)`` (scale-free: one setting serves every task; a regularizer's steps
+            start at 30% of λ per update and decay to 1% over 200 updates), ``PaperStep()`` (the
             paper's λ ← λ − c·η·h, with c the method's ``hyper_lr_scale``), or their names
             ``"adaptive"``, ``"paper"``. ``None`` (default): the paper's rule when the method
             was given ``hyper_lr_scale`` (or FirstOrder's ``hyper_lr``), the adaptive one
