@@ -94,7 +94,9 @@ class AdaptiveStep(HyperOptimizer):
     The step of a regularizer's row (L2 penalty, weight decay, keep probability:
     :attr:`Hyperparameter.fast_start`) starts at ρ₀ (``initial_lr``) and decays geometrically
     to ρ over the row's first K updates (``decay_updates``; k = 1, 2, … counts them), never
-    below ρ; a learning rate, a momentum or a generic scalar moves by ρ from the start:
+    below ρ; a learning rate, a momentum or a generic scalar moves by ρ from the start, and so
+    does every row of a fit that tunes a learning rate or a momentum
+    (:func:`~lightning_hyperopt.core.hyper_step.fast_start_rows`):
 
         ρ_k = ρ · max(1, (ρ₀ / ρ)^max(0, 1 − (k − 1)/K))
 

@@ -113,7 +113,9 @@ class Hyperparameter(nn.Module):
     #: whether :class:`AdaptiveStep`'s large first steps (``initial_lr``) apply to this kind:
     #: yes for regularizers (an over-regularized start cripples the network until λ leaves
     #: it), no for a generic scalar, a learning rate or a momentum (a 30% step on a learning
-    #: rate can make the run diverge); those move by ``lr`` from the first update
+    #: rate can make the run diverge); those move by ``lr`` from the first update, and a fit
+    #: that tunes a learning rate or momentum gives them to no row
+    #: (:func:`~lightning_hyperopt.core.hyper_step.fast_start_rows`)
     fast_start: bool = False
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
