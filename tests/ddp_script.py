@@ -224,6 +224,18 @@ def main_spawn(out: Path) -> None:
     fit(Clip(5.0, 1.0), "l2", world=2, max_steps=6, strategy="ddp_spawn", save_to=out / "spawn")
 
 
+def _leave_the_group() -> None:
+    """Destroy the process group before the interpreter exits: a gloo group left to the exit
+    handlers once aborted a process at its very end ("terminate called without an active
+    exception", after every fit had finished and saved)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     runs = {"spawn": main_spawn, "diverge": main_diverge}
     runs.get(sys.argv[2] if len(sys.argv) > 2 else "", main)(Path(sys.argv[1]))
+    _leave_the_group()
