@@ -32,7 +32,6 @@ __version__ = "0.1.0"
 #: Lightning-side names and the module that defines each
 _LAZY = {
     "OnlineHyperparamCallback": "lightning_hyperopt.adapter.callback",
-    "LSTMLanguageModel": "lightning_hyperopt.models.lstm_lm",
 }
 
 __all__ = [
@@ -46,7 +45,6 @@ __all__ = [
     "Hyperparameter",
     "KeepProbability",
     "L2Penalty",
-    "LSTMLanguageModel",
     "LearningRate",
     "Momentum",
     "OnlineHyperparamCallback",
@@ -61,7 +59,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # the callback and the models pull in Lightning; the core stays importable without it
+    # the callback pulls in Lightning; the core stays importable without it
     if name in _LAZY:
         import importlib
 

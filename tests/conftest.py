@@ -1,15 +1,15 @@
 """Shared fixtures: a small float64 regression model that declares its hyperparameters.
 
 The Lightning namespace the callback's tests run under is ``pytorch_lightning``, or the one
-named by ``LIGHTNING_HYPEROPT_TEST_NAMESPACE`` (``lightning.pytorch``: tests/test_namespaces.py
+named by ``LIGHTNING_HYPEROPT_TEST_NAMESPACE`` (``lightning.pytorch``: tests/test_lightning.py
 runs the callback's test files again under it). Test files take ``pl`` from here.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
+from typing import Any
 
 import pytest
 import torch
@@ -23,7 +23,6 @@ from lightning_hyperopt import (
     WeightDecay,
     find_hyperparameters,
 )
-from lightning_hyperopt.bench.records import bare_trainer
 
 NAMESPACE = os.environ.get("LIGHTNING_HYPEROPT_TEST_NAMESPACE", "pytorch_lightning")
 pl = importlib.import_module(NAMESPACE)
@@ -131,7 +130,22 @@ class Recorder(pl.Callback):
         self.values.append([float(h.value) for h in hs.values()])
 
 
-make_trainer = functools.partial(bare_trainer, namespace=NAMESPACE)
+def make_trainer(callbacks, max_steps, namespace: str = NAMESPACE, **overrides: Any):
+    """A CPU ``Trainer`` of ``namespace`` for ``max_steps`` that only trains: no logger,
+    checkpoints, progress bar, model summary, sanity check or validation loop (the tuner draws
+    its own validation batches); ``overrides`` replace or add Trainer arguments."""
+    trainer_class = importlib.import_module(namespace).Trainer
+    quiet = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+    }
+    return trainer_class(
+        callbacks=list(callbacks), accelerator="cpu", max_steps=max_steps, **{**quiet, **overrides}
+    )
 
 
 NO_UPDATE = 10**9  # a warm-up that never ends: λ stays fixed

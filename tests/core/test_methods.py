@@ -34,8 +34,7 @@ def test_auto_is_clip_for_a_learning_rate_or_momentum(hyperparameters, expected)
 
 def test_auto_is_the_callbacks_default_and_resolves_at_fit_start():
     import pytorch_lightning as pl
-
-    from lightning_hyperopt.bench.records import bare_trainer
+    from conftest import make_trainer
 
     class Model(pl.LightningModule):
         def __init__(self):
@@ -59,7 +58,7 @@ def test_auto_is_the_callbacks_default_and_resolves_at_fit_start():
 
     cb = OnlineHyperparamCallback()
     assert cb.method is None
-    bare_trainer([cb], max_steps=3).fit(Model())
+    make_trainer([cb], max_steps=3).fit(Model())
     assert isinstance(cb.method, Clip) and cb.method.radius == 50.0
     assert isinstance(cb.engine.method, Clip)
 

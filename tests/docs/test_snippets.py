@@ -8,7 +8,7 @@
   ``examples/configs/quadratic/base.yaml`` (every key, type and value checked; it is meant for
   the reader's model, so it is not fitted).
 - ```bash blocks: every ``--config`` file they name exists; every benchmark command
-  (``python -m lightning_hyperopt.bench …``) parses with the runner's current flags; every file
+  (``python -m benchmarks …``) parses with the runner's current flags; every file
   or test a page cites (``tests/…py::test_name``, ``benchmarks/…py``, ``examples/…yaml``)
   exists.
 - README.md: its links into docs/ resolve, and its commands and usage snippet are the
@@ -137,28 +137,36 @@ def test_bash_snippets_name_existing_configs(page):
             assert (ROOT / path).is_file(), f"{rel(page)}:{line}: {path} does not exist"
 
 
-BENCH_COMMAND = re.compile(
-    r"^(?:python -m lightning_hyperopt\.bench|lightning-hyperopt-bench) (.+)$"
-)
+BENCH_COMMAND = re.compile(r"^python -m benchmarks (.+)$")
+
+
+def benchmark_parser(argv: list[str]):
+    """The parser of a ``python -m benchmarks`` command line: a script's own, or the tables'."""
+    import importlib
+
+    from benchmarks.cli import SCRIPTS, build_parser
+
+    if argv and argv[0] in SCRIPTS:
+        return importlib.import_module(SCRIPTS[argv[0]][0]).build_parser(), argv[1:]
+    return build_parser(), argv
 
 
 @pytest.mark.parametrize("page", pages_with("bash"), ids=rel)
 def test_bash_snippets_benchmark_commands_parse(page):
-    from lightning_hyperopt.bench.cli import build_parser
-
-    parser = build_parser()
     for line, source in blocks(page, "bash"):
         for command in source.splitlines():
             m = BENCH_COMMAND.match(command.strip())
             if m:
+                parser, argv = benchmark_parser(shlex.split(m.group(1)))
                 try:
-                    parser.parse_args(shlex.split(m.group(1)))
+                    parser.parse_args(argv)
                 except SystemExit:
                     pytest.fail(f"{rel(page)}:{line}: {command.strip()!r} does not parse")
 
 
 REPO_PATH = re.compile(
-    r"\b((?:tests|benchmarks|examples|lightning_hyperopt)/[\w/.-]+\.(?:py|yaml))(?:::(\w+))?"
+    r"\b((?:tests|benchmarks|experiments|examples|lightning_hyperopt)/[\w/.-]+\.(?:py|yaml))"
+    r"(?:::(\w+))?"
 )
 
 
