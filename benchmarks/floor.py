@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from lightning_hyperopt.adapter.gather import gathered_iterator
-from lightning_hyperopt.adapter.module_losses import ModuleLoss, Quiet
+from lightning_hyperopt.adapter.module_losses import ModuleLoss, PassIsolation
 from lightning_hyperopt.adapter.validation import eval_mode, find_loader, move_data_to_device
 from lightning_hyperopt.core.kernels import has_rnn, native_rnn_kernels
 
@@ -45,7 +45,7 @@ class FloorHooks:
         self._params: list[torch.Tensor] = []
         self._plain = False
         self._rnn = False
-        self._quiet = Quiet()
+        self._isolation = PassIsolation()
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._loader = find_loader(trainer, pl_module)
@@ -55,7 +55,7 @@ class FloorHooks:
         modules = list(pl_module.modules())
         self._plain = all(type(m).train is torch.nn.Module.train for m in modules)
         self._rnn = has_rnn(pl_module)
-        self._quiet.start(pl_module)
+        self._isolation.start(pl_module)
 
     def _next_batch(self) -> Any:
         for _ in range(2):
@@ -82,7 +82,7 @@ class FloorHooks:
             torch.enable_grad(),
             eval_mode(pl_module, self._plain),
             kernels,
-            self._quiet(pl_module),
+            self._isolation(pl_module),
         ):
             loss = self._loss(pl_module, batch, 0)
             torch.autograd.grad(loss, self._params, allow_unused=True)

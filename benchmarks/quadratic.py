@@ -1,15 +1,12 @@
-"""Table 1 of the paper: the quadratic problem, vectorized over the repeats, on the engine's parts.
+"""Table 1 of the paper: the quadratic problem, its repeats stacked and tuned by one engine.
 
 The R repeats are stacked in one (R, d) parameter θ with one λ_r per row, and
-L = Σ_r L_T,r(θ_r, λ_r). The Hessian of L is block-diagonal, so ONE double back-prop of
-⟨∇_θ L, y⟩ + Σ_r ∂L/∂λ_r gives every row's H_r y_r + ∂g_r/∂λ_r at once: the drift comes from
-:func:`~lightning_hyperopt.core.functional.tangent_drift` with a 0-dim "shift" s = 0 added to
-every λ_r (∂L/∂s = Σ_r ∂L/∂λ_r). Everything else is the engine's own implementation on R rows
-instead of m: the method's resets and row-wise projection, the optimizer's tangent rule (torch
-SGD's stages, :mod:`lightning_hyperopt.core.optim.sgd`), and the λ step with its schedule
-(:class:`~lightning_hyperopt.core.hyper_step.HyperStep`, the paper's rule), in the order
-:class:`~lightning_hyperopt.core.engine.TangentEngine` applies them; a test checks that both
-give the same λ trajectory.
+L_T = Σ_r L_T,r(θ_r, λ_r), L_V = Σ_r L_V,r(θ_r). Problem r's losses depend on θ_r and λ_r only,
+so in :class:`~lightning_hyperopt.core.engine.TangentEngine` over these R hyperparameters the
+tangent y_r stays on θ_r's entries, ⟨g_V, y_r⟩ is problem r's own hypergradient and the
+method's row-wise projection is problem r's: the engine's own step, in its own order (backward,
+advance, ``optimizer.step()``, update), runs every repeat at once. A test checks each row
+against the engine on that problem alone.
 
 Protocol (paper, Table 1): d = 20, H diagonal, 50 repeats; 20K steps of plain SGD at η = 1e-3
 (→ θ₁, λ₁), then 20K at η = 1e-4 (→ θ₂, λ₂); hyper step 0.1η. Metrics: mean |λᵢ − λ*| and the
@@ -36,12 +33,16 @@ from experiments.quadratic import (
     check_spectrum,
     sample_quadratic,
 )
-from lightning_hyperopt.core.functional import inner, tangent_drift
-from lightning_hyperopt.core.hyper_optimizers import PaperStep
-from lightning_hyperopt.core.hyper_step import HyperStep
-from lightning_hyperopt.core.methods import Clip, Exact, FirstOrder, HyperMethod, Unroll
-from lightning_hyperopt.core.optim.sgd import SGD_RULE
-from lightning_hyperopt.core.optim.stages import GroupStep
+from lightning_hyperopt.core import (
+    Clip,
+    Exact,
+    FirstOrder,
+    HyperMethod,
+    Hyperparameter,
+    PaperStep,
+    TangentEngine,
+    Unroll,
+)
 
 from .records import RunLog, environment, fmt, markdown_table, progress, write_json
 
@@ -104,19 +105,6 @@ class VectorizedRun:
     seconds: float = 0.0
 
 
-def plain_sgd_step(
-    tangent: Tensor | None, drift: Tensor, lr: float
-) -> tuple[Tensor | None, Tensor]:
-    """(y', δ) through one step of plain ``torch.optim.SGD`` at learning rate ``lr``, by the
-    engine's own SGD stages, on tangents with one row per problem (``tangent`` ``None``: y = 0,
-    first order)."""
-    group = {"lr": lr, "weight_decay": 0.0, "momentum": 0.0, "dampening": 0.0, "nesterov": False}
-    s = GroupStep(group, [{}], None, tangent, drift, None, None, {}, {"momentum_buffer": None})  # type: ignore[arg-type]
-    for stage in SGD_RULE.stages(group):
-        stage(s)
-    return s.y_new, s.delta
-
-
 def run_vectorized(
     problem: QuadraticInstance,
     method: HyperMethod,
@@ -128,64 +116,48 @@ def run_vectorized(
     show_progress: bool = False,
     desc: str = "",
 ) -> VectorizedRun:
-    """Tune λ_r online on each of the R stacked problems of ``problem`` (tensors (R, d)).
+    """Tune λ_r online on each of the R stacked problems of ``problem`` (tensors (R, d)) with
+    one :class:`TangentEngine` (the paper's rule, :class:`PaperStep`).
 
-    Plain SGD from θ = 0, y = 0, λ = ``init_lambda``; ``schedule`` lists (steps, η) phases.
-    Per step t, as :class:`TangentEngine` does: reset y if the method says so; y ← P(y − η G)
-    with G = H y + ∂g/∂λ (first order: δ = ∂g/∂λ); θ ← θ − η g; then, when the λ step's
-    schedule says so (warm-up, the method's update points), λ ← clip(λ − α ⟨g_V(θ), y⟩) row
-    by row by the paper's rule (first order: ⟨g_V, −δ⟩). Snapshots are taken every
-    ``record_every`` steps and at each phase's end.
-    """
+    Plain ``torch.optim.SGD`` from θ = 0, y = 0, λ = ``init_lambda`` in ``bounds``;
+    ``schedule`` lists (steps, η) phases. Snapshots are taken every ``record_every`` steps and
+    at each phase's end."""
     if record_every < 1:
         raise ValueError(f"record_every={record_every!r} must be an integer >= 1")
-    theta0 = torch.zeros_like(problem.theta_bar)
-    theta = theta0.clone().requires_grad_(True)
-    lam = torch.full(problem.lambda_star.shape, float(init_lambda), dtype=theta.dtype)
-    shift = torch.zeros((), dtype=theta.dtype, requires_grad=True)
-    y = torch.zeros_like(theta0)
-    rows = lam.shape[0]
-    hyper_step = HyperStep(
-        method, ["identity"] * rows, [bounds] * rows, PaperStep(), warmup_steps, like=lam
-    )
-    step_ok = torch.ones((), dtype=torch.bool)
+    theta = torch.zeros_like(problem.theta_bar).requires_grad_(True)
+    rows = problem.lambda_star.shape[0]
+    lams = {f"lambda_{r}": Hyperparameter(init_lambda, bounds=bounds) for r in range(rows)}
+    optimizer = torch.optim.SGD([theta], lr=schedule[0][1])
+    engine = TangentEngine(method, lams, optimizer, warmup_steps, hyper_optimizer=PaperStep())
+
+    def values() -> torch.Tensor:
+        return torch.stack([h.value for h in lams.values()])
+
     run = VectorizedRun()
     clipped_sum, clipped_n = 0.0, 0
     lrs = [lr for n_steps, lr in schedule for _ in range(n_steps)]
-    phase_ends, total = set(), 0
-    for n_steps, _ in schedule:
-        total += n_steps
-        phase_ends.add(total)
+    phase_ends = {sum(n for n, _ in schedule[: i + 1]) for i in range(len(schedule))}
     start = time.perf_counter()
     for step, lr in progress(enumerate(lrs), len(lrs), desc, show_progress):
-        if method.resets_at(step):
-            y = torch.zeros_like(theta0)
-        loss = problem.training_loss(theta, lam + shift).sum()
-        (g,) = torch.autograd.grad(loss, theta, retain_graph=True)
-        tangents = [[y]] if method.uses_tangent else [None]
-        ((drift,),) = tangent_drift(loss, [theta], [shift], tangents)
-        new, delta = plain_sgd_step(y if method.uses_tangent else None, drift, lr)
-        if new is not None:
-            (y,), _, clipped = method.project([new], batch_dim=0)
-            if clipped is not None:
-                clipped_sum += float(clipped.double().mean())
-                clipped_n += 1
-        with torch.no_grad():
-            theta -= lr * g
-        if hyper_step.should_update(step + 1):
-            (g_val,) = torch.autograd.grad(problem.validation_loss(theta).sum(), theta)
-            direction = y if method.uses_tangent else -delta
-            hypergradient = inner([g_val], [direction], batch_dim=0)
-            lam, _ = hyper_step.step(lam, hypergradient, lr, step_ok)
+        optimizer.param_groups[0]["lr"] = lr
+        optimizer.zero_grad()
+        engine.backward(problem.training_loss(theta, values()).sum())
+        engine.advance()
+        optimizer.step()
+        engine.update(lambda: problem.validation_loss(theta).sum())
+        if engine.state.clipped is not None:
+            clipped_sum += float(engine.state.clipped.double().mean())
+            clipped_n += 1
         done = step + 1
         if done % record_every == 0 or done in phase_ends:
             run.steps.append(done)
             run.thetas.append(theta.detach().clone())
-            run.lambdas.append(lam.detach().clone())
+            run.lambdas.append(values().detach().clone())
             run.clipped.append(clipped_sum / clipped_n if clipped_n else float("nan"))
             clipped_sum, clipped_n = 0.0, 0
         if done in phase_ends:
             run.phase_ends.append(len(run.steps) - 1)
+    engine.detach()
     run.seconds = time.perf_counter() - start
     return run
 

@@ -102,10 +102,10 @@ class RecorderHooks:
         loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
         self._losses.append(float(loss))
         engine = self.engine
-        if engine is not None and engine.clipped is not None:
-            self._clipped.append(float(engine.clipped[0].float()))
-        if engine is not None and engine.norms is not None:
-            self._norms.append(float(engine.norms[0]))
+        if engine is not None and engine.state.clipped is not None:
+            self._clipped.append(float(engine.state.clipped[0].float()))
+        if engine is not None and engine.state.norms is not None:
+            self._norms.append(float(engine.state.norms[0]))
         step = trainer.global_step
         if step % self.every == 0 or step == trainer.max_steps:
             self._record_curves(trainer, pl_module, step)

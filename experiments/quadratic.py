@@ -131,7 +131,7 @@ def tune_with_engine(
             engine.advance()
             opt.step()
             engine.update(lambda: problem.validation_loss(theta))
-            trajectory.append(float(lam.value))
+            trajectory.append(float(lam.value.detach()))
     return trajectory, theta.detach()
 
 

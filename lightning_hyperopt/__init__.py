@@ -16,16 +16,18 @@ from lightning_hyperopt.core import (
     HyperMethod,
     HyperOptimizer,
     Hyperparameter,
+    KeepProbability,
     L2Penalty,
     LearningRate,
     Momentum,
+    OptimizerSetting,
     PaperStep,
     TangentEngine,
     Unroll,
     WeightDecay,
     find_hyperparameters,
 )
-from lightning_hyperopt.core.dropout import KeepProbability, TunableDropout, adopt_dropout
+from lightning_hyperopt.core.dropout import TunableDropout, adopt_dropout
 
 __version__ = "0.1.0"
 
@@ -48,6 +50,7 @@ __all__ = [
     "LearningRate",
     "Momentum",
     "OnlineHyperparamCallback",
+    "OptimizerSetting",
     "PaperStep",
     "TangentEngine",
     "TunableDropout",

@@ -1,19 +1,38 @@
-"""Both Lightning namespaces: ``pytorch_lightning`` and the unified ``lightning.pytorch``.
+"""Where the tuner meets Lightning's (and torchmetrics', torch's) internals: both Lightning
+namespaces, every read of private state, and the one way objects are patched.
 
-They are two copies of the same code with distinct classes: a ``pytorch_lightning.Callback`` is
-not a ``lightning.pytorch.Callback``, and Lightning refuses to mix them in one Trainer. The
-callback therefore subclasses the ``Callback`` of every namespace that is installed (so either
-Trainer and either ``LightningCLI`` accept it), and every other Lightning class it needs is taken
-from the namespace of the Trainer it runs in.
+**Both namespaces.** ``pytorch_lightning`` and the unified ``lightning.pytorch`` are two copies
+of the same code with distinct classes: a ``pytorch_lightning.Callback`` is not a
+``lightning.pytorch.Callback``, and Lightning refuses to mix them in one Trainer. The callback
+therefore subclasses the ``Callback`` of every namespace that is installed (so either Trainer
+and either ``LightningCLI`` accept it), and every other Lightning class it needs is taken from
+the namespace of the Trainer it runs in.
+
+**Private state.** Each function below that reads a private attribute names the versions it
+was checked against: pytorch-lightning and lightning 2.6.6, torchmetrics 1.9.0, torch 2.13.0.
+Nothing else in the package reads private state of another library.
+
+**Patches.** An attribute of one object replaced for a while (``LightningModule.backward``,
+``optimizer.step``, ``LightningModule.log``) is a :class:`Patch`: set on the instance,
+shadowing its class's, and put back exactly as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
+import torch
+from torch import Tensor
+
 NAMESPACES = ("pytorch_lightning", "lightning.pytorch")
+
+#: Lightning objects, typed loosely: the adapter serves both Lightning namespaces
+Trainer = Any
+LightningModule = Any
 
 
 def installed() -> list[ModuleType]:
@@ -46,3 +65,114 @@ def namespace_of(obj: Any) -> ModuleType:
             if module == name or module.startswith(name + "."):
                 return importlib.import_module(name)
     raise TypeError(f"{type(obj).__name__} is not a PyTorch Lightning object")
+
+
+# ----------------------------------------------------------------------------------- patches
+_MISSING = object()
+
+
+class Patch:
+    """``obj.name = value`` on the instance (shadowing the class's attribute, or replacing the
+    instance's own) until :meth:`restore` puts back what was there, or removes it.
+
+    Set with ``object.__setattr__``: no ``__setattr__`` of the object's class (``nn.Module``'s
+    bookkeeping) runs, and restoring leaves no trace."""
+
+    def __init__(self, obj: Any, name: str, value: Any) -> None:
+        self.obj, self.name = obj, name
+        self._saved = vars(obj).get(name, _MISSING)
+        object.__setattr__(obj, name, value)
+
+    def restore(self) -> None:
+        """Put back the attribute as it was (idempotent)."""
+        obj, self.obj = self.obj, None
+        if obj is None:
+            return
+        if self._saved is _MISSING:
+            if self.name in vars(obj):
+                object.__delattr__(obj, self.name)
+        else:
+            object.__setattr__(obj, self.name, self._saved)
+
+
+@contextlib.contextmanager
+def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
+    """A :class:`Patch` for the duration of the context."""
+    patch = Patch(obj, name, value)
+    try:
+        yield
+    finally:
+        patch.restore()
+
+
+# ---------------------------------------------------------------------- private state: reads
+def should_log(trainer: Trainer) -> bool:
+    """Whether this training batch is one at which Lightning writes logged metrics
+    (``log_every_n_steps``). Reads ``trainer._logger_connector.should_update_logs``
+    (pytorch-lightning / lightning 2.6.6)."""
+    return bool(trainer._logger_connector.should_update_logs)
+
+
+def fit_validation_loader(trainer: Trainer) -> Any:
+    """The fit's validation dataloader(s) as Lightning resolved them (``val_dataloaders`` of
+    ``fit``, the datamodule's or the module's ``val_dataloader()``), or ``None``. Reads
+    ``trainer.fit_loop.epoch_loop.val_loop._data_source`` (pytorch-lightning / lightning 2.6.6)."""
+    source = getattr(trainer.fit_loop.epoch_loop.val_loop, "_data_source", None)
+    return source.dataloader() if source is not None and source.is_defined() else None
+
+
+def before_batch_transfer(pl_module: LightningModule, batch: Any) -> Any:
+    """The module's and datamodule's ``on_before_batch_transfer`` hooks on ``batch``, as
+    Lightning's loops call them. Calls ``LightningModule._on_before_batch_transfer``
+    (pytorch-lightning / lightning 2.6.6)."""
+    return pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+
+
+def grad_scaler_state(
+    trainer: Trainer, optimizer: torch.optim.Optimizer
+) -> tuple[Tensor | None, Tensor | None]:
+    """(the loss scale the back-propagated losses carried, whether the scaler will skip this
+    step) under a mixed-precision grad scaler (16-mixed on CUDA), else (None, None). Both stay
+    on the device; at ``on_before_optimizer_step`` Lightning has already unscaled ``p.grad``.
+    Reads ``torch.amp.GradScaler._per_optimizer_states`` and ``._scale`` (torch 2.13.0, through
+    Lightning 2.6.6's ``precision_plugin.scaler``)."""
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    if scaler is None or not scaler.is_enabled():
+        return None, None
+    found = scaler._per_optimizer_states[id(optimizer)].get("found_inf_per_device", {})
+    skipped = torch.stack([f.reshape(()) for f in found.values()]).sum() > 0 if found else None
+    return scaler._scale, skipped
+
+
+def own_iterator(loader: Any) -> Iterator[Any]:
+    """An iterator of the tuner's own over a DataLoader with persistent workers (``iter()``
+    hands every caller the same one, which Lightning's validation loop would reset under us).
+    Calls ``DataLoader._get_iterator`` (torch 2.13.0)."""
+    return loader._get_iterator()
+
+
+#: the torchmetrics ``Metric`` attributes besides its states that an update changes
+_METRIC_COUNTERS = ("_update_count", "_computed", "_forward_cache")
+
+
+def metric_state(metric: Any) -> dict[str, Any]:
+    """A copy of a torchmetrics ``Metric``'s states and update counters, for
+    :func:`restore_metric`. Reads ``Metric._defaults``, ``._update_count``, ``._computed`` and
+    ``._forward_cache`` (torchmetrics 1.9.0)."""
+    state = {name: _copy(getattr(metric, name)) for name in metric._defaults}
+    for name in _METRIC_COUNTERS:
+        state[name] = getattr(metric, name, None)
+    return state
+
+
+def restore_metric(metric: Any, state: dict[str, Any]) -> None:
+    """Put back what :func:`metric_state` copied."""
+    with torch.no_grad():
+        for name, value in state.items():
+            setattr(metric, name, value)
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.clone()
+    return list(value) if isinstance(value, list) else value

@@ -1,14 +1,13 @@
-"""Shared fixtures: a small float64 regression model that declares its hyperparameters.
+"""The tests' own helpers: a small float64 regression model that declares its hyperparameters,
+a fit with the callback, a Trainer that only trains, and finite differences of whole trainings.
 
-The Lightning namespace the callback's tests run under is ``pytorch_lightning``, or the one
-named by ``LIGHTNING_HYPEROPT_TEST_NAMESPACE`` (``lightning.pytorch``: tests/test_lightning.py
-runs the callback's test files again under it). Test files take ``pl`` from here.
+The callback's tests run under ``pytorch_lightning`` (test files take ``pl`` from here);
+tests/test_lightning.py fits the namespace-sensitive scenarios under both namespaces.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from lightning_hyperopt import (
     find_hyperparameters,
 )
 
-NAMESPACE = os.environ.get("LIGHTNING_HYPEROPT_TEST_NAMESPACE", "pytorch_lightning")
+NAMESPACE = "pytorch_lightning"
 pl = importlib.import_module(NAMESPACE)
 importlib.import_module(f"{NAMESPACE}.callbacks")
 importlib.import_module(f"{NAMESPACE}.loggers")
@@ -227,6 +226,10 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _seed():
+    # one thread and a fixed seed for every test, whatever an earlier one set (a DDP fit sets
+    # the thread count to the cores per process): a test's float32 results do not depend on
+    # which tests ran before it
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
 

@@ -7,7 +7,7 @@ interleaved rounds.
 
 Configurations: plain; ``FirstOrder`` with ``hyper_every=k`` and the central pair replayed at
 every step (as before the finite differences were skipped between λ updates: forced by
-``HyperStep.will_update``); the same as it runs now (replays only before a λ update), with
+``HyperUpdate.will_update``); the same as it runs now (replays only before a λ update), with
 the replays on the native RNN kernels (as before they took the step's kernels: oneDNN here,
 cuDNN on a GPU) and as now; and with ``keep_difference="one_sided"`` (one replay). The mean,
 not the median, of a fit's step times: with k > 1 the steps differ in cost.
@@ -25,13 +25,13 @@ import torch
 
 from benchmarks.recorder import recorder_class
 from benchmarks.training import PTB, Row, compose_config, instantiate
-from lightning_hyperopt.adapter.replay import StepReplay
-from lightning_hyperopt.core.hyper_step import HyperStep
+from lightning_hyperopt.adapter.replay import LossReplay
+from lightning_hyperopt.core.hyper_update import HyperUpdate
 from lightning_hyperopt.core.kernels import native_rnn_kernels
 
 
 def _on_native_kernels(losses):  # type: ignore[no-untyped-def]
-    """``StepReplay.losses`` with every replay's forward on the native RNN kernels (as the
+    """``LossReplay.losses`` with every replay's forward on the native RNN kernels (as the
     replays ran before they took the kernels of the step they replay)."""
 
     def native(self, trainer, pl_module):  # type: ignore[no-untyped-def]
@@ -79,15 +79,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"FirstOrder k={k}, central pair before λ updates": (first_order, False, False),
         f"FirstOrder k={k}, one-sided, before λ updates": (one_sided, False, False),
     }  # fmt: skip
-    foretell = HyperStep.will_update
-    replays = StepReplay.losses
+    foretell = HyperUpdate.will_update
+    replays = LossReplay.losses
     times: dict[str, list[float]] = {name: [] for name in rows}
     rng = random.Random(0)
     for _ in range(args.rounds):
         for name in rng.sample(list(rows), len(rows)):
             row, every_step, native = rows[name]
-            HyperStep.will_update = (lambda self, step: True) if every_step else foretell
-            StepReplay.losses = _on_native_kernels(replays) if native else replays
+            HyperUpdate.will_update = (lambda self, step: True) if every_step else foretell
+            LossReplay.losses = _on_native_kernels(replays) if native else replays
             steps = args.warmup + args.steps
             config = compose_config(
                 PTB, row, 0.5, steps, steps, args.data_dir, extra=["trainer.limit_val_batches=0"]
@@ -98,8 +98,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             cli.trainer.callbacks.append(timer)
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)
             times[name].append(statistics.mean(timer.step_times(args.warmup, "cpu")))
-    HyperStep.will_update = foretell
-    StepReplay.losses = replays
+    HyperUpdate.will_update = foretell
+    LossReplay.losses = replays
     lines = ["| configuration | ms / step | × plain |", "| --- | ---: | ---: |"]
     for name, t in times.items():
         ratio = statistics.median(a / b for a, b in zip(t, times["plain"]))

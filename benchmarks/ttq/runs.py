@@ -14,22 +14,15 @@ from typing import Any
 
 import torch
 
+from lightning_hyperopt.core.hyper_optimizers import resolve_hyper_optimizer
+
 from ..clocks import Clock
 from ..recorder import hyperparameter_values, recorder_class
 from ..records import RunLog
-from .tasks import LR_SCALE, Point, SettingError, Task, run_protocol
+from .tasks import LR_SCALE, Point, SettingError, Task, lightning_pytorch, run_protocol
 from .tuning_free import TUNING_FREE, use_tuning_free
 
-
 # ------------------------------------------------------------------------------ runs
-def lightning_pytorch() -> Any:
-    try:
-        return importlib.import_module("lightning.pytorch")
-    except ImportError as err:
-        raise SettingError(
-            "the ttq benchmark trains under lightning.pytorch: pip install -r "
-            "benchmarks/requirements.txt (lightning, optuna, optuna-integration)"
-        ) from err
 
 
 @functools.cache
@@ -144,10 +137,17 @@ def _build(value: Any) -> Any:
 
 
 def describe_callback(cb: Any) -> dict[str, Any]:
-    """The settings an online run used (the record's proof of what the defaults were)."""
+    """The settings an online run used (the record's proof of what the defaults were): its
+    fit's plan where it ran, else what its arguments resolve to."""
+    plan = cb.plan
+    hyper_optimizer = (
+        plan.hyper_optimizer
+        if plan is not None
+        else resolve_hyper_optimizer(cb.hyper_optimizer, cb.method)
+    )
     return {
         "method": repr(cb.method),
-        "hyper_optimizer": repr(cb.hyper_optimizer),
+        "hyper_optimizer": repr(hyper_optimizer),
         "warmup_steps": cb.warmup_steps,
         "hyper_every": cb.hyper_every,
         "adopt_dropout": cb.adopt_dropout,

@@ -3,6 +3,7 @@ model, data and trainer settings of each (:data:`TASKS`), with their smoke scale
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import math
 import random
@@ -20,6 +21,16 @@ LR_SCALE = "lr_scale"
 class SettingError(ValueError):
     """A bad benchmark setting or a missing package, found before any run (the command line
     prints it)."""
+
+
+def lightning_pytorch() -> Any:
+    try:
+        return importlib.import_module("lightning.pytorch")
+    except ImportError as err:
+        raise SettingError(
+            "the ttq benchmark trains under lightning.pytorch: pip install -r "
+            "benchmarks/requirements.txt (lightning, optuna, optuna-integration)"
+        ) from err
 
 
 # ------------------------------------------------------------------------------ presets

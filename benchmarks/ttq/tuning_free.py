@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .tasks import SettingError
+from .tasks import SettingError, lightning_pytorch
 
 #: the tuning-free systems and the package each needs (``benchmarks/requirements.txt``)
 TUNING_FREE = {"prodigy": "prodigyopt", "schedulefree": "schedulefree"}
@@ -49,7 +49,6 @@ def _groups(model: Any) -> list[dict[str, Any]]:
 def use_tuning_free(model: Any, system: str, steps: int) -> list[Any]:
     """Make ``model`` train with ``system``'s optimizer (its ``configure_optimizers`` replaced on
     the instance); returns the callbacks the system needs (``lightning.pytorch``)."""
-    from .runs import lightning_pytorch
 
     if system == "prodigy":
         from prodigyopt import Prodigy

@@ -128,13 +128,6 @@ def expected_sums(
     return {**defaults, **overrides} if verify else {}
 
 
-def int_at_least(name: str, value: int, minimum: int) -> int:
-    """``value`` if it is an integer >= ``minimum``; otherwise a ValueError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def fraction_in(name: str, value: float, *, include_one: bool) -> float:
     """``value`` as a float if it lies in (0, 1) (``include_one=False``) or (0, 1]; otherwise
     a ValueError naming the argument and the accepted interval."""

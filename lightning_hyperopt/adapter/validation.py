@@ -23,10 +23,17 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_hyperopt._lightning import namespace_of
-from lightning_hyperopt.adapter.fit_plan import FitPlan, LightningModule, Trainer
+from lightning_hyperopt._lightning import (
+    LightningModule,
+    Trainer,
+    before_batch_transfer,
+    fit_validation_loader,
+    namespace_of,
+    own_iterator,
+)
+from lightning_hyperopt.adapter.fit_plan import FitPlan
 from lightning_hyperopt.adapter.gather import gathered_iterator
-from lightning_hyperopt.adapter.module_losses import ModuleLoss, NoLoss, Quiet
+from lightning_hyperopt.adapter.module_losses import ModuleLoss, NoLoss, PassIsolation
 from lightning_hyperopt.core.arguments import check_probed_loss
 from lightning_hyperopt.core.autograd_limits import named_limits
 from lightning_hyperopt.core.kernels import native_rnn_kernels
@@ -64,8 +71,7 @@ def find_loader(trainer: Trainer, pl_module: LightningModule) -> Any:
         hook = getattr(owner, "hyperopt_dataloader", None)
         if callable(hook):
             return hook()
-    source = getattr(trainer.fit_loop.epoch_loop.val_loop, "_data_source", None)
-    loader = source.dataloader() if source is not None and source.is_defined() else None
+    loader = fit_validation_loader(trainer)
     if isinstance(loader, list | tuple):
         if len(loader) != 1:
             raise ValueError(
@@ -91,7 +97,7 @@ def _private_iterator(loader: Any) -> Iterator[Any]:
     if gathered is not None:
         return gathered
     if isinstance(loader, DataLoader) and loader.persistent_workers and loader.num_workers > 0:
-        return loader._get_iterator()
+        return own_iterator(loader)
     return iter(loader)
 
 
@@ -112,22 +118,20 @@ class ValidationStream:
         self._iter: Iterator[Any] | None = None
         self._plan: FitPlan | None = None
         self._source: ModuleLoss | None = None
-        self._quiet = Quiet()
+        self._isolation = PassIsolation()
         self._batch_idx = 0
 
-    def start(
-        self, trainer: Trainer, pl_module: LightningModule, plan: FitPlan, state: dict | None
-    ) -> None:
+    def start(self, trainer: Trainer, pl_module: LightningModule, plan: FitPlan) -> None:
         """Find the loader; the seed is rank 0's (so the processes' shares partition the
-        stream), or the checkpoint's with its position."""
+        stream), or, continuing a run (``plan.resume``), its seed and position."""
         self._plan = plan
         self._source = ModuleLoss(pl_module, "validation_loss", "validation_step")
-        self._quiet.start(pl_module)
+        self._isolation.start(pl_module)
         self.loader = find_loader(trainer, pl_module)
         self.seed = int(trainer.strategy.broadcast(int(torch.initial_seed()) % (2**62)))
         self.passes, self.index = 0, 0
-        if state is not None:
-            self.load_state_dict(state)
+        if plan.resume is not None:
+            self.load_state_dict(plan.resume)
         self._iter = None
 
     def next_batch(self) -> Any:
@@ -175,7 +179,7 @@ class ValidationStream:
             stage = trainer.state.stage
             trainer.state.stage = namespace_of(trainer).trainer.states.RunningStage.VALIDATING
             try:
-                batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+                batch = before_batch_transfer(pl_module, batch)
                 batch = trainer.strategy.batch_to_device(batch)
             finally:
                 trainer.state.stage = stage
@@ -187,7 +191,7 @@ class ValidationStream:
             eval_mode(pl_module, plan.plain_train),
             kernels,
             trainer.precision_plugin.forward_context(),
-            self._quiet(pl_module),
+            self._isolation(pl_module),
         ):
             return source(pl_module, batch, self._batch_idx)
 

@@ -4,9 +4,11 @@ from lightning_hyperopt.core.engine import TangentEngine
 from lightning_hyperopt.core.hyper_optimizers import AdaptiveStep, HyperOptimizer, PaperStep
 from lightning_hyperopt.core.hyperparameters import (
     Hyperparameter,
+    KeepProbability,
     L2Penalty,
     LearningRate,
     Momentum,
+    OptimizerSetting,
     WeightDecay,
     find_hyperparameters,
 )
@@ -31,9 +33,11 @@ __all__ = [
     "HyperMethod",
     "HyperOptimizer",
     "Hyperparameter",
+    "KeepProbability",
     "L2Penalty",
     "LearningRate",
     "Momentum",
+    "OptimizerSetting",
     "PaperStep",
     "TangentEngine",
     "Unroll",

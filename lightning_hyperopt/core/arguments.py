@@ -1,36 +1,49 @@
-"""Checks of constructor arguments, one place for each rule (a clear error naming the setting)."""
+"""Checks of arguments and losses, one implementation per rule: each returns the value it
+accepts, or raises a ``ValueError`` that names the setting and what is accepted."""
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 from torch import Tensor
 
 
-def positive(name: str, value: float) -> float:
+def check_positive(name: str, value: float) -> float:
     """``value`` as a float, if it is a finite number > 0."""
-    value = float(value)
+    value = _number(name, value, "a finite number > 0")
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{name}={value!r} must be a finite number > 0")
     return value
 
 
-def nonnegative(name: str, value: float) -> float:
+def check_nonnegative(name: str, value: float) -> float:
     """``value`` as a float, if it is a finite number ≥ 0."""
-    value = float(value)
+    value = _number(name, value, "a finite number >= 0")
     if not (value >= 0 and math.isfinite(value)):
         raise ValueError(f"{name}={value!r} must be a finite number >= 0")
     return value
 
 
-def count(name: str, value: int, low: int, symbol: str = "") -> int:
-    """``value`` as an int, if it is an integer ≥ ``low`` (not a bool); ``symbol`` names it in
-    the message (``"K"``: "an integer K >= 1")."""
-    if isinstance(value, bool) or int(value) != value or value < low:
+def check_integer(name: str, value: Any, low: int, symbol: str = "") -> int:
+    """``value`` as an int, if it is a whole number ≥ ``low`` (an int, or a float without a
+    fraction; not a bool); ``symbol`` names it in the message (``"K"``: "an integer K >= 1")."""
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole or value < low:
         named = f"{symbol} " if symbol else ""
         raise ValueError(f"{name}={value!r} must be an integer {named}>= {low}")
     return int(value)
+
+
+def _number(name: str, value: Any, accepted: str) -> float:
+    """``value`` as a float: a number (or a one-element tensor), not a bool or a string."""
+    if not isinstance(value, bool | str):
+        try:
+            return float(value)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    raise ValueError(f"{name}={value!r} must be {accepted}")
 
 
 def check_scalar_loss(what: str, loss: Any) -> Tensor:

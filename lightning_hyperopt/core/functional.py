@@ -274,6 +274,39 @@ def adam_tangent(
 
     Returns ḋ and the new (ṁ, v̇, v̇_max).
     """
+    m_new, dm_new, v_hat, dv_hat, (dv_new, dv_max_new) = _moments_and_tangents(
+        grad_tangent, grad, moments, moment_tangents, beta1, beta2, beta1_dot, beta2_dot
+    )
+    t = step + 1
+    c1 = 1.0 - beta1**t
+    c2_sqrt = (1.0 - beta2**t) ** 0.5
+    root = torch.sqrt(v_hat)
+    denom = root / c2_sqrt + eps
+    positive = root > 0
+    droot = torch.where(positive, dv_hat / (2.0 * torch.where(positive, root, 1.0)), 0.0)
+    direction = (dm_new - m_new * (droot / c2_sqrt) / denom) / (c1 * denom)
+    if beta1_dot is not None or beta2_dot is not None:
+        value = m_new / (c1 * denom)
+        corrections = _bias_correction_terms(value, root, denom, t, beta1, beta2)
+        if beta1_dot is not None:
+            direction = direction - beta1_dot.unsqueeze(1) * corrections[0]
+        if beta2_dot is not None:
+            direction = direction + beta2_dot.unsqueeze(1) * corrections[1]
+    return direction, (dm_new, dv_new, dv_max_new)
+
+
+def _moments_and_tangents(
+    grad_tangent: Tensor,
+    grad: Tensor,
+    moments: tuple[Tensor, Tensor, Tensor | None],
+    moment_tangents: tuple[Tensor, Tensor, Tensor | None],
+    beta1: float,
+    beta2: float,
+    beta1_dot: Tensor | None,
+    beta2_dot: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[Tensor, Tensor | None]]:
+    """(m', ṁ', v̂, v̂̇, (v̇', v̇_max')) of :func:`adam_tangent`: Adam's moments after the step and
+    their tangents, with β's own terms where β is tuned and amsgrad's running maximum."""
     m, v, v_max = moments
     dm, dv, dv_max = moment_tangents
     m_new = torch.lerp(m, grad, 1.0 - beta1)
@@ -288,28 +321,19 @@ def adam_tangent(
         grows = v_new > v_max
         v_hat = torch.where(grows, v_new, v_max)
         dv_hat = torch.where(grows, dv_new, dv_max)
-        dv_max_new: Tensor | None = dv_hat
-    else:
-        v_hat, dv_hat, dv_max_new = v_new, dv_new, None
-    t = step + 1
-    c1 = 1.0 - beta1**t
+        return m_new, dm_new, v_hat, dv_hat, (dv_new, dv_hat)
+    return m_new, dm_new, v_new, dv_new, (dv_new, None)
+
+
+def _bias_correction_terms(
+    value: Tensor, root: Tensor, denom: Tensor, t: Tensor | float, beta1: float, beta2: float
+) -> tuple[Tensor, Tensor]:
+    """(d ċ₁/c₁, d √v̂ ċ₂ / (2 c₂^{3/2} D)) per unit β̇₁, β̇₂: the derivatives of Adam's bias
+    corrections c₁ = 1 − β₁ᵗ, c₂ = 1 − β₂ᵗ, with d = ``value``, √v̂ = ``root``, D = ``denom``."""
+    c1, c2 = 1.0 - beta1**t, 1.0 - beta2**t
     c2_sqrt = (1.0 - beta2**t) ** 0.5
-    root = torch.sqrt(v_hat)
-    denom = root / c2_sqrt + eps
-    positive = root > 0
-    droot = torch.where(positive, dv_hat / (2.0 * torch.where(positive, root, 1.0)), 0.0)
-    direction = (dm_new - m_new * (droot / c2_sqrt) / denom) / (c1 * denom)
-    if beta1_dot is not None or beta2_dot is not None:
-        value = m_new / (c1 * denom)
-        if beta1_dot is not None:
-            dc1 = -t * beta1 ** (t - 1)
-            direction = direction - beta1_dot.unsqueeze(1) * (value * dc1 / c1)
-        if beta2_dot is not None:
-            c2 = 1.0 - beta2**t
-            dc2 = -t * beta2 ** (t - 1)
-            bend = value * root * dc2 / (2.0 * c2 * c2_sqrt * denom)
-            direction = direction + beta2_dot.unsqueeze(1) * bend
-    return direction, (dm_new, dv_new, dv_max_new)
+    dc1, dc2 = -t * beta1 ** (t - 1), -t * beta2 ** (t - 1)
+    return value * dc1 / c1, value * root * dc2 / (2.0 * c2 * c2_sqrt * denom)
 
 
 def adam_direction(

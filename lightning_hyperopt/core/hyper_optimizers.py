@@ -25,13 +25,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lightning_hyperopt.core.arguments import count, positive
+from lightning_hyperopt.core.arguments import check_integer, check_positive
 from lightning_hyperopt.core.functional import from_space, space_slope, to_space
 
 __all__ = [
     "AdaptiveStep",
     "HyperOptimizer",
     "PaperStep",
+    "check_hyper_optimizer",
     "from_space",
     "resolve_hyper_optimizer",
     "space_slope",
@@ -96,7 +97,7 @@ class AdaptiveStep(HyperOptimizer):
     to ρ over the row's first K updates (``decay_updates``; k = 1, 2, … counts them), never
     below ρ; a learning rate, a momentum or a generic scalar moves by ρ from the start, and so
     does every row of a fit that tunes a learning rate or a momentum
-    (:func:`~lightning_hyperopt.core.hyper_step.fast_start_rows`):
+    (:func:`~lightning_hyperopt.core.hyper_update.fast_start_rows`):
 
         ρ_k = ρ · max(1, (ρ₀ / ρ)^max(0, 1 − (k − 1)/K))
 
@@ -126,10 +127,10 @@ class AdaptiveStep(HyperOptimizer):
         initial_lr: float | None = 0.3,
         decay_updates: int = 200,
     ) -> None:
-        self.lr = positive("lr", lr)
-        self.initial_lr = None if initial_lr is None else positive("initial_lr", initial_lr)
-        self.decay_updates = count("decay_updates", decay_updates, 0)
-        self.max_step = positive("max_step", max_step)
+        self.lr = check_positive("lr", lr)
+        self.initial_lr = None if initial_lr is None else check_positive("initial_lr", initial_lr)
+        self.decay_updates = check_integer("decay_updates", decay_updates, 0)
+        self.max_step = check_positive("max_step", max_step)
         beta1, beta2 = (float(b) for b in betas)
         if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
             raise ValueError(f"betas={betas!r} must both be in [0, 1)")
@@ -204,22 +205,31 @@ HYPER_OPTIMIZERS: dict[str, type[HyperOptimizer]] = {
 }
 
 
-def resolve_hyper_optimizer(
-    hyper_optimizer: HyperOptimizer | str | None, method: Any
-) -> HyperOptimizer:
-    """An instance from an instance, a name (``"paper"``, ``"adaptive"``), or ``None``: the
-    paper's rule when the method was given its hyper step (``hyper_lr_scale`` / ``hyper_lr``),
-    the adaptive rule otherwise."""
-    if isinstance(hyper_optimizer, HyperOptimizer):
+def check_hyper_optimizer(hyper_optimizer: Any) -> HyperOptimizer | str | None:
+    """``hyper_optimizer`` if it is an instance, a name (``"paper"``, ``"adaptive"``) or ``None``;
+    else a clear error naming the accepted values (nothing is built)."""
+    if hyper_optimizer is None or isinstance(hyper_optimizer, HyperOptimizer):
         return hyper_optimizer
-    if hyper_optimizer is None:
-        return PaperStep() if getattr(method, "hyper_step_given", False) else AdaptiveStep()
     if isinstance(hyper_optimizer, str) and hyper_optimizer in HYPER_OPTIMIZERS:
-        return HYPER_OPTIMIZERS[hyper_optimizer]()
+        return hyper_optimizer
     raise ValueError(
         f"hyper_optimizer={hyper_optimizer!r} is not supported; accepted values: "
         f"{sorted(HYPER_OPTIMIZERS)}, an instance of PaperStep or AdaptiveStep, or None"
     )
+
+
+def resolve_hyper_optimizer(
+    hyper_optimizer: HyperOptimizer | str | None, method: Any
+) -> HyperOptimizer:
+    """An instance from an instance, a name (``"paper"``, ``"adaptive"``), or ``None``: the
+    paper's rule when the method was given its step (``hyper_lr_scale`` / ``hyper_lr``),
+    the adaptive rule otherwise."""
+    hyper_optimizer = check_hyper_optimizer(hyper_optimizer)
+    if isinstance(hyper_optimizer, HyperOptimizer):
+        return hyper_optimizer
+    if hyper_optimizer is None:
+        return PaperStep() if getattr(method, "paper_step_given", False) else AdaptiveStep()
+    return HYPER_OPTIMIZERS[hyper_optimizer]()
 
 
 def space_masks(

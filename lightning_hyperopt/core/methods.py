@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
-from lightning_hyperopt.core.arguments import count, nonnegative
+from lightning_hyperopt.core.arguments import check_integer, check_nonnegative
 from lightning_hyperopt.core.functional import Tangent, global_norm, project_l2_ball
 
 
@@ -52,26 +52,26 @@ class HyperMethod:
         return list(tangent), global_norm(tangent, batch_dim), None
 
     #: the paper rule's step when the method is given none: c (α_t = c·η_t), or FirstOrder's α
-    default_hyper_step: float = 0.1
+    default_paper_step: float = 0.1
     #: whether α_t follows the learning rate (c·η_t) or is a constant (FirstOrder's α)
-    hyper_step_follows_lr: bool = True
+    paper_step_follows_lr: bool = True
     #: the argument that holds the paper rule's step (None: not given)
-    _hyper_step_arg = "hyper_lr_scale"
+    _paper_step_arg = "hyper_lr_scale"
 
-    def _set_hyper_step(self, value: float | None) -> None:
-        name = self._hyper_step_arg
-        setattr(self, name, None if value is None else nonnegative(name, value))
+    def _set_paper_step(self, value: float | None) -> None:
+        name = self._paper_step_arg
+        setattr(self, name, None if value is None else check_nonnegative(name, value))
 
     @property
-    def hyper_step_given(self) -> bool:
+    def paper_step_given(self) -> bool:
         """Whether the paper rule's step was set (then the callback uses that rule)."""
-        return getattr(self, self._hyper_step_arg, None) is not None
+        return getattr(self, self._paper_step_arg, None) is not None
 
-    def hyper_step(self, lr: float) -> float:
-        """The paper rule's hyper step α_t given the parameter learning rate η_t."""
-        value = getattr(self, self._hyper_step_arg, None)
-        value = self.default_hyper_step if value is None else value
-        return value * lr if self.hyper_step_follows_lr else value
+    def alpha(self, lr: float) -> float:
+        """α_t, the paper rule's step (:class:`PaperStep`) given the learning rate η_t."""
+        value = getattr(self, self._paper_step_arg, None)
+        value = self.default_paper_step if value is None else value
+        return value * lr if self.paper_step_follows_lr else value
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -98,7 +98,7 @@ class Clip(HyperMethod):
                 f"radius={radius!r} must be a finite number > 0 (use Exact() for r = ∞)"
             )
         self.radius = radius
-        self._set_hyper_step(hyper_lr_scale)
+        self._set_paper_step(hyper_lr_scale)
 
     def project(
         self, tangent: Sequence[Tensor], batch_dim: int | None = None
@@ -116,7 +116,7 @@ class Exact(HyperMethod):
     """
 
     def __init__(self, hyper_lr_scale: float | None = None) -> None:
-        self._set_hyper_step(hyper_lr_scale)
+        self._set_paper_step(hyper_lr_scale)
 
 
 class Unroll(HyperMethod):
@@ -132,8 +132,8 @@ class Unroll(HyperMethod):
     """
 
     def __init__(self, steps: int = 1, hyper_lr_scale: float | None = None) -> None:
-        self.steps = count("steps", steps, 1, symbol="K")
-        self._set_hyper_step(hyper_lr_scale)
+        self.steps = check_integer("steps", steps, 1, symbol="K")
+        self._set_paper_step(hyper_lr_scale)
 
     def resets_at(self, step: int) -> bool:
         return step % self.steps == 0
@@ -159,7 +159,7 @@ class Discount(HyperMethod):
         if not 0.0 <= mu <= 1.0:
             raise ValueError(f"mu={mu!r} must be in [0, 1]")
         self.discount = mu
-        self._set_hyper_step(hyper_lr_scale)
+        self._set_paper_step(hyper_lr_scale)
 
 
 class FirstOrder(HyperMethod):
@@ -177,12 +177,12 @@ class FirstOrder(HyperMethod):
     """
 
     uses_tangent = False
-    default_hyper_step = 1e-3
-    hyper_step_follows_lr = False
-    _hyper_step_arg = "hyper_lr"
+    default_paper_step = 1e-3
+    paper_step_follows_lr = False
+    _paper_step_arg = "hyper_lr"
 
     def __init__(self, hyper_lr: float | None = None) -> None:
-        self._set_hyper_step(hyper_lr)
+        self._set_paper_step(hyper_lr)
 
     def resets_at(self, step: int) -> bool:
         return True  # no tangent is carried from one step to the next
@@ -206,15 +206,12 @@ def default_method(hyperparameters: Mapping[str, Any]) -> HyperMethod:
 
         Clip(r = 50)  if a LearningRate or Momentum is tuned,   FirstOrder()  otherwise.
 
-    The one-step (greedy) hypergradient of a learning rate favours a smaller one almost always
-    (the short-horizon bias): ``FirstOrder`` lowered it from every start on both learning-rate
-    tasks of ``bench ttq``, while ``Clip(50)`` carried λ's effect across the run and reached a
-    lower validation loss (median 0.199 against 0.242 on mnist_sgd_lr_l2). For penalties,
-    weight decay and keep probabilities ``FirstOrder`` reached the grid's best soonest."""
-    from lightning_hyperopt.core.hyperparameters.learning_rate import LearningRate
-    from lightning_hyperopt.core.hyperparameters.momentum import Momentum
-
-    if any(isinstance(h, LearningRate | Momentum) for h in hyperparameters.values()):
+    A learning rate or momentum is a kind with :attr:`Hyperparameter.short_horizon_bias`: its
+    one-step (greedy) hypergradient favours a smaller one almost always, and a carried tangent
+    follows λ's effect across the run. For penalties, weight decay and keep probabilities
+    ``FirstOrder`` reached the grid's best soonest. The measurements behind both choices are
+    on the results page (docs/results.md, time to quality)."""
+    if any(h.short_horizon_bias for h in hyperparameters.values()):
         return Clip(HORIZON_RADIUS)
     return FirstOrder()
 

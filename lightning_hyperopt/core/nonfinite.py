@@ -104,7 +104,7 @@ class FiniteGuard:
 
     def direction_step(self, step_ok: Tensor, bad_step: Tensor, delta: Tensor) -> Tensor:
         """First order's direction: zero after a skipped step (a non-finite direction shows
-        in the hypergradient, which :meth:`rows_to_update` checks)."""
+        in the hypergradient, which :meth:`lambda_step` checks)."""
         self.counts.add_step(bad_step, None)
         return self.select(step_ok.expand(delta.shape[0]), step_ok, delta, None)
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from lightning_hyperopt.core.hyperparameters.base import Hyperparameter
-from lightning_hyperopt.core.optim.layout import FlatLayout
+from lightning_hyperopt.core.layout import FlatLayout
 from lightning_hyperopt.core.optim.rule import OptimizerRule, SettingTangents
 
 

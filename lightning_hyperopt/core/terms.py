@@ -17,30 +17,15 @@ source (:mod:`lightning_hyperopt.core.hyperparameters.base`):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from lightning_hyperopt.core.hyperparameters.base import Hyperparameter
-    from lightning_hyperopt.core.optim.layout import FlatLayout
+from lightning_hyperopt.core.hyperparameters.base import Hyperparameter, TermContext, not_recorded
+from lightning_hyperopt.core.layout import FlatLayout
 
 Replay = Callable[[], Iterable[Tensor]]
-
-
-@dataclass(frozen=True)
-class TermContext:
-    """What a drift term sees of the step: row ``row`` (λ named ``name``) at step ``step``,
-    the optimized parameters' ``layout`` and each one's position (``index``: id → i)."""
-
-    name: str
-    row: int
-    step: int
-    layout: FlatLayout
-    index: Mapping[int, int]
 
 
 def add_closed_form(
@@ -68,8 +53,6 @@ def add_finite_differences(
     resumes. One-sided (a hyperparameter replaying one sign): the other side is λ itself and
     its g_T the step's own gradient, ``own_gradient()`` (flat, the sum over the step's
     micro-batches), with which the replay shares the step's random draws."""
-    from lightning_hyperopt.core.hyperparameters.base import not_recorded
-
     own: Tensor | None = None
     for j in rows:
         h, context = hypers[j], contexts[j]

@@ -25,7 +25,7 @@ from lightning_hyperopt.core.autograd_limits import (
     check_twice_differentiable,
     named_limits,
 )
-from lightning_hyperopt.core.optim.layout import FlatLayout, dense
+from lightning_hyperopt.core.layout import FlatLayout, dense
 
 
 class DriftWindow:

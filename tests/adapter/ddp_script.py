@@ -112,7 +112,7 @@ class Record(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, *args):
         (cb,) = [c for c in trainer.callbacks if isinstance(c, OnlineHyperparamCallback)]
         self.values.append(float(cb.engine.hypers[0].value))
-        h = cb.engine.hypergradients
+        h = cb.engine.state.hypergradients
         self.hypergradients.append(float("nan") if h is None else float(h[0]))
 
 
@@ -161,8 +161,8 @@ def save(out: Path, name: str, model, callback, record, trainer) -> None:
             "hypergradients": record.hypergradients,
             "theta": torch.cat([p.detach().reshape(-1) for p in model.parameters()]),
             "tangent": callback.engine.tangent.detach().clone(),
-            "step": callback.engine.step,
-            "updates": callback.engine.updates,
+            "step": callback.engine.state.steps,
+            "updates": callback.engine.state.updates,
         },
         out / f"{name}_rank{trainer.global_rank}.pt",
     )

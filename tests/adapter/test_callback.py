@@ -152,8 +152,10 @@ def test_weight_decay_starts_from_the_optimizer_value():
 
     model.wd = WeightDecay()
     cb, rec, _ = fit(model, Clip(5.0, 1.0), max_steps=1)
-    assert cb.engine.hypergradients[0] is not None
-    assert rec.values[0][0] == pytest.approx(0.125 - 0.05 * float(cb.engine.hypergradients[0]))
+    assert cb.engine.state.hypergradients[0] is not None
+    assert rec.values[0][0] == pytest.approx(
+        0.125 - 0.05 * float(cb.engine.state.hypergradients[0])
+    )
 
 
 def test_gradient_accumulation_replays_every_micro_batch():

@@ -152,7 +152,7 @@ def test_keep_probability_stays_in_bounds_at_the_edges(init):
     assert torch.isfinite(values).all() and (values >= 0.1).all() and (values <= 1.0).all()
     assert ((values == 1.0) | (values == 0.1)).any()
     assert cb.engine.nonfinite == [0, 0]
-    assert torch.isfinite(cb.engine.direction).all()
+    assert torch.isfinite(cb.engine.state.direction).all()
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -270,7 +270,7 @@ def test_first_order_runs_finite_differences_only_before_lambda_updates(monkeypa
     on the steps followed by a λ update only (none during the warm-up, one step in k after
     it), and λ and θ follow exactly the trajectory of replaying at every step."""
     import lightning_hyperopt.core.terms as terms
-    from lightning_hyperopt.core.hyper_step import HyperStep
+    from lightning_hyperopt.core.hyper_update import HyperUpdate
 
     calls = []
     original = terms.add_finite_differences
@@ -295,7 +295,7 @@ def test_first_order_runs_finite_differences_only_before_lambda_updates(monkeypa
     assert calls == [4, 7, 10]
     assert values[3] == values[0] and values[4] != values[3] and values[5] == values[4]
     calls.clear()
-    monkeypatch.setattr(HyperStep, "will_update", lambda self, step: True)  # replay every step
+    monkeypatch.setattr(HyperUpdate, "will_update", lambda self, step: True)  # replay every step
     every_values, every_params = fit()
     assert calls == list(range(12))
     assert values == every_values  # bit for bit

@@ -20,15 +20,24 @@ the error and its fix, is in tests/adapter/test_callback_errors.py (reentrant ch
 gradients, operations without a double backward) and docs/how-to/supported-models.md.
 """
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import exact_tangent_and_finite_difference, fit, pl
+from conftest import Recorder, exact_tangent_and_finite_difference, make_trainer, pl
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_hyperopt import Clip, FirstOrder, L2Penalty, WeightDecay, find_hyperparameters
+from lightning_hyperopt import (
+    Clip,
+    FirstOrder,
+    L2Penalty,
+    OnlineHyperparamCallback,
+    WeightDecay,
+    find_hyperparameters,
+)
 
 VOCAB, T, WIDTH = 13, 6, 8
 
@@ -205,15 +214,36 @@ def datasets(name, dtype):
     return data(dtype, seed=0), data(dtype, n=8, seed=1)
 
 
+class FirstHypergradient(pl.Callback):
+    """The tuner's hypergradient of its first λ update (read after the tuner's own hook)."""
+
+    def __init__(self, tuner):
+        self.tuner, self.h = tuner, None
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        if self.h is None:
+            self.h = float(self.tuner.engine.state.hypergradients[0])
+
+
 @pytest.mark.parametrize("method", [FirstOrder(), Clip(5.0)], ids=type)
 @pytest.mark.parametrize("name", MODELS)
-def test_fits_and_moves_lambda(name, method):
+def test_fits_and_moves_lambda_by_the_adaptive_first_step(name, method):
+    """λ's first update is AdaptiveStep's: in log space (an L2 or a weight decay) by the
+    decaying start's ρ₁ = 0.3 against the sign of the hypergradient, m̂/√v̂ = sign(h) at k = 1:
+    λ₁ = λ₀·exp(−0.3·sign(h₁))."""
     model = build(name, torch.float32)
     hyper = next(iter(find_hyperparameters(model).values()))
+    assert hyper.natural_space == "log" and hyper.fast_start
     start = float(hyper.value)
-    _, rec, trainer = fit(model, method, 3, 4, data=datasets(name, torch.float32))
-    assert trainer.global_step == 3
-    assert rec.values[-1][0] != start
+    tuner = OnlineHyperparamCallback(method)
+    first = FirstHypergradient(tuner)
+    rec = Recorder()
+    train, val = datasets(name, torch.float32)
+    trainer = make_trainer([tuner, first, rec], 3)
+    trainer.fit(model, DataLoader(train, batch_size=4), DataLoader(val, batch_size=64))
+    assert trainer.global_step == 3 and first.h != 0
+    expected = start * math.exp(-0.3 * math.copysign(1.0, first.h))
+    assert rec.values[0][0] == pytest.approx(expected, rel=1e-12)
 
 
 @pytest.mark.parametrize("name", MODELS)

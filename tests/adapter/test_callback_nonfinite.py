@@ -60,7 +60,7 @@ def test_nan_loss_stops_the_run_and_an_earlier_checkpoint_resumes(tmp_path):
     resumed, callback = NaNFrom(), OnlineHyperparamCallback(Clip(5.0, 0.05))
     trainer = make_trainer([callback], 60)
     trainer.fit(resumed, *loaders(), ckpt_path=str(tmp_path / "epoch=9-step=40.ckpt"))
-    assert callback.engine.step == 60 and math.isfinite(float(resumed.l2.value))
+    assert callback.engine.state.steps == 60 and math.isfinite(float(resumed.l2.value))
     assert callback.engine.nonfinite == [0]
 
 
@@ -85,7 +85,7 @@ def test_a_few_non_finite_steps_are_skipped_and_the_run_goes_on():
         make_trainer([callback, recorder], 12, log_every_n_steps=4).fit(model, *loaders())
     lam = [v[0] for v in recorder.values]
     assert lam[5] == lam[4] and lam[6] != lam[5]
-    assert callback.engine.nonfinite == [1] and callback.engine.step == 12
+    assert callback.engine.nonfinite == [1] and callback.engine.state.steps == 12
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 

@@ -55,7 +55,8 @@ def resumed_and_straight(tmp_path, shuffle, at, saver, val_loop):
         run(tmp_path, shuffle, val_loop, at, [step_saver])
     (ckpt,) = tmp_path.glob(f"*-step={at}.ckpt")
     resumed, cb = run(tmp_path, shuffle, val_loop, TOTAL, ckpt_path=str(ckpt))
-    assert cb.engine.step == TOTAL and len(resumed) == TOTAL - at  # the tuner's state resumed
+    # the tuner's state resumed
+    assert cb.engine.state.steps == TOTAL and len(resumed) == TOTAL - at
     assert len(set(map(tuple, straight[at:]))) > 1  # λ moves after the checkpoint: comparable
     return torch.tensor(resumed), torch.tensor(straight[at:])
 

@@ -180,7 +180,7 @@ def test_resume_follows_the_uninterrupted_lambda_trajectory(tmp_path):
     saver = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=at, save_top_k=-1)
     resumable(at, saver)
     resumed, cb = resumable(total, ckpt_path=str(tmp_path / f"epoch=1-step={at}.ckpt"))
-    assert cb.engine.step == total and straight[at] != straight[at - 1]
+    assert cb.engine.state.steps == total and straight[at] != straight[at - 1]
     assert resumed == straight[at:]
 
 

@@ -3,6 +3,7 @@ command-line errors, the presets, and the summary's arithmetic on hand-made reco
 
 import json
 import math
+import statistics
 from itertools import pairwise
 
 import pytest
@@ -57,9 +58,23 @@ def smoke(tmp_path_factory, data):
 
 
 def test_smoke_writes_every_output(smoke):
-    for name in ("runs.jsonl", "summary.json", "table.md", "curves.png"):
-        assert (smoke / name).stat().st_size > 0
-    assert (smoke / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    """summary.json holds, per task, each system's best validation loss (the minimum of its
+    records) and one entry per online run; curves.png is a PNG image; table.md a section per
+    task with the targets."""
+    summary = json.loads((smoke / "summary.json").read_text())
+    runs = records(smoke)
+    assert set(summary["tasks"]) == set(TASKS)
+    for task, preset in TASKS.items():
+        s = summary["tasks"][task]
+        mine = [r for r in runs if r["task"] == task]
+        for system, result in s["systems"].items():  # the online system: its median run
+            losses = [r["best_val_loss"] for r in mine if r["system"] == system]
+            best = statistics.median(losses) if system == "online" else min(losses)
+            assert result["best_val_loss"] == pytest.approx(best, rel=1e-12), (task, system)
+        assert len(s["online"]) == 2 * len(preset.starts)  # every start, seeds 0 and 1
+    png = (smoke / "curves.png").read_bytes()
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and width >= 400 and height >= 200
     table = (smoke / "table.md").read_text()
     for task in TASKS:
         assert f"## {task}" in table

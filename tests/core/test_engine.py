@@ -137,7 +137,7 @@ def test_unroll_hypergradient_is_reverse_mode_through_the_window(data, sgd):
         engine.advance()
         opt.step()
         if engine.update(lambda: ((net.body(xv) - yv) ** 2).mean()):
-            hypergrads.append(engine.hypergradients[0])
+            hypergrads.append(engine.state.hypergradients[0])
     assert len(hypergrads) == 3
     torch.testing.assert_close(torch.stack(hypergrads), torch.stack(expected), rtol=1e-9, atol=0)
 
@@ -159,7 +159,7 @@ def test_first_order_uses_minus_dg_dlambda(data, kind):
     g_val = torch.autograd.grad(val, list(net.body.parameters()))
     expected = -sum((g * t).sum() for g, t in zip(g_val, theta_t))
     assert engine.update(lambda: ((net.body(xv) - yv) ** 2).mean())
-    torch.testing.assert_close(engine.hypergradients[0], expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(engine.state.hypergradients[0], expected, rtol=1e-12, atol=0)
     torch.testing.assert_close(
         net.l2.value, torch.tensor(0.02, dtype=torch.float64) - 0.5 * expected
     )

@@ -20,9 +20,9 @@ from lightning_hyperopt.core import (
     TangentEngine,
     Unroll,
 )
-from lightning_hyperopt.core.dropout import KeepProbability
 from lightning_hyperopt.core.functional import from_space, space_slope, to_space
 from lightning_hyperopt.core.hyper_optimizers import resolve_hyper_optimizer
+from lightning_hyperopt.core.hyperparameters import KeepProbability
 
 f64 = torch.float64
 
@@ -87,7 +87,7 @@ def test_adaptive_step_is_scale_free_and_the_paper_rule_is_not():
 def test_adaptive_first_step_moves_log_lambda_by_its_rate(step, first_move):
     """On the first update m̂/√v̂ = sign(g_u): log λ moves by exactly ρ₁ against h."""
     trajectory, engine = train(step, steps=1)
-    h = float(engine.hypergradients[0])
+    h = float(engine.state.hypergradients[0])
     expected = math.log(0.05) - first_move * math.copysign(1, h)
     assert math.log(trajectory[0]) == pytest.approx(expected)
 
@@ -110,15 +110,15 @@ def test_keep_probability_moves_in_probability_space(start):
         torch.optim.SGD([w], lr=0.1),
         hyper_optimizer=AdaptiveStep(0.1, initial_lr=None),
     )
-    assert engine.hyper_step.spaces == (False, False)  # identity
+    assert engine.hyper_update.spaces == (False, False)  # identity
     values = torch.tensor([start], dtype=f64)
-    u = engine.hyper_optimizer.step(
-        to_space(values, *engine.hyper_step.spaces),
+    u = engine.hyper_update.optimizer.step(
+        to_space(values, *engine.hyper_update.spaces),
         torch.tensor([2.0], dtype=f64),
         0.0,
         torch.tensor([True]),
     )
-    assert float(from_space(u, *engine.hyper_step.spaces)) == pytest.approx(start - 0.1)
+    assert float(from_space(u, *engine.hyper_update.spaces)) == pytest.approx(start - 0.1)
 
 
 def test_a_decaying_step_moves_by_its_schedule_per_row():
@@ -231,16 +231,16 @@ def test_bad_arguments(build, match):
 def test_hyper_every_counts_update_points():
     """With UnrollK, hyper_every=k moves λ at every k-th window end."""
     _, engine = train(PaperStep(), method=Unroll(3, 1e-3), steps=12, hyper_every=2)
-    assert engine.update_points == 4 and engine.updates == 2
+    assert engine.hyper_update.update_points == 4 and engine.state.updates == 2
 
 
 @pytest.mark.parametrize("method", [Unroll(3, 1e-3), Exact(1e-3)], ids=["unroll3", "exact"])
 def test_will_update_foretells_should_update_and_counts_nothing(method):
-    """HyperStep.will_update(step), asked any number of times before the step, is what
+    """HyperUpdate.will_update(step), asked any number of times before the step, is what
     should_update(step) answers after it (warm-up, update points, every k-th one)."""
-    from lightning_hyperopt.core.hyper_step import HyperStep
+    from lightning_hyperopt.core.hyper_update import HyperUpdate
 
-    hyper = HyperStep(
+    hyper = HyperUpdate(
         method, ["identity"], [(0.0, 1.0)], PaperStep(), warmup_steps=2, hyper_every=2
     )
     answers = []
@@ -256,11 +256,11 @@ def test_will_update_foretells_should_update_and_counts_nothing(method):
 
 def test_hyper_every_updates_on_every_kth_step_with_a_k_times_step():
     every2, engine = train(PaperStep(), method=Exact(1e-3), steps=6, hyper_every=2)
-    assert engine.updates == 3
+    assert engine.state.updates == 3
     assert every2[0] == 0.05 and every2[1] != 0.05 and every2[2] == every2[1]
     # the first move (after step 1) is twice the paper step c·η·h of its hypergradient
     _, first = train(PaperStep(), method=Exact(1e-3), steps=2, hyper_every=2)
-    h = float(first.hypergradients[0])
+    h = float(first.state.hypergradients[0])
     assert every2[1] == pytest.approx(0.05 - 2 * 1e-3 * 0.05 * h, rel=1e-12)
     with pytest.raises(ValueError, match=r"hyper_every=0 must be an integer >= 1"):
         train(PaperStep(), hyper_every=0)
@@ -272,5 +272,6 @@ def test_adaptive_state_survives_a_checkpoint():
     _, fresh = train(AdaptiveStep(lr=0.05), steps=0)
     fresh.load_state_dict(state)
     torch.testing.assert_close(
-        fresh.hyper_optimizer.state_dict()["m"], engine.hyper_optimizer.state_dict()["m"]
+        fresh.hyper_update.optimizer.state_dict()["m"],
+        engine.hyper_update.optimizer.state_dict()["m"],
     )

@@ -52,7 +52,7 @@ def test_site_builds_strict(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     callback = (site / "reference" / "callback" / "index.html").read_text(encoding="utf-8")
     assert "OnlineHyperparamCallback" in callback
-    assert "y_j = dθ/dλ_j" in callback  # the docstrings' Unicode symbols come through
+    assert "λ ← λ − α ⟨g_V, y⟩" in callback  # the docstrings' Unicode symbols come through
     assert (site / "img" / "quickstart_tensorboard.png").is_file()
     for page in nav_pages(load_config()["nav"]):
         html = site / page.removesuffix(".md").removesuffix("index") / "index.html"

@@ -23,14 +23,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from lightning_hyperopt.core.terms import TermContext
+from lightning_hyperopt.core.layout import FlatLayout
 
 Parameterization = Literal["identity", "log", "logit"]
 PARAMETERIZATIONS = ("identity", "log", "logit")
@@ -42,6 +42,19 @@ DriftSource = Literal["autograd", "closed_form", "optimizer", "finite_difference
 _RECORDING: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "lightning_hyperopt_recording", default=True
 )
+
+
+@dataclass(frozen=True)
+class TermContext:
+    """What a drift term sees of the step (the argument of
+    :meth:`Hyperparameter.closed_form_drift`): row ``row`` (λ named ``name``) at step ``step``,
+    the optimized parameters' ``layout`` and each one's position (``index``: id → i)."""
+
+    name: str
+    row: int
+    step: int
+    layout: FlatLayout
+    index: Mapping[int, int]
 
 
 def is_recording() -> bool:
@@ -113,10 +126,16 @@ class Hyperparameter(nn.Module):
     #: whether :class:`AdaptiveStep`'s large first steps (``initial_lr``) apply to this kind:
     #: yes for regularizers (an over-regularized start cripples the network until λ leaves
     #: it), no for a generic scalar, a learning rate or a momentum (a 30% step on a learning
-    #: rate can make the run diverge); those move by ``lr`` from the first update, and a fit
-    #: that tunes a learning rate or momentum gives them to no row
-    #: (:func:`~lightning_hyperopt.core.hyper_step.fast_start_rows`)
+    #: rate can make the run diverge); those move by ``lr`` from the first update
     fast_start: bool = False
+
+    #: whether the one-step (greedy) hypergradient of this kind is biased (the short-horizon
+    #: bias, Wu et al. 2018): a learning rate or a momentum sets how far θ travels, and a
+    #: greedy step prefers less travel now. A fit that tunes such a kind gets a carried
+    #: tangent by default (:func:`~lightning_hyperopt.core.methods.default_method`) and no
+    #: row takes large first steps (:func:`~lightning_hyperopt.core.hyper_update.
+    #: fast_start_rows`)
+    short_horizon_bias: bool = False
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         # λ follows the module's device but keeps float64 under .half()/.float()/bf16-true:
@@ -166,8 +185,10 @@ class Hyperparameter(nn.Module):
         """Raise a clear error, naming the hyperparameter ``name``, if λ cannot act on
         ``optimizer`` (a group index out of range, a setting the optimizer lacks)."""
 
-    def take_initial_value(self, optimizer: torch.optim.Optimizer) -> None:
-        """On a fresh start (not a resume): take λ₀ from the optimizer where the kind does."""
+    def initial_value(self, optimizer: torch.optim.Optimizer) -> float | None:
+        """On a fresh start (not a resume): λ₀ as the optimizer sets it, where the kind takes it
+        from there (e.g. ``WeightDecay(init=None)``); ``None``: λ₀ is the kind's own ``init``."""
+        return None
 
     def write_to(self, optimizer: torch.optim.Optimizer) -> None:
         """Write λ into the optimizer, for the settings it sets (after every update)."""

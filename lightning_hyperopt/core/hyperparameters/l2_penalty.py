@@ -11,9 +11,9 @@ from lightning_hyperopt.core.hyperparameters.base import (
     DriftSource,
     Hyperparameter,
     Parameterization,
+    TermContext,
     is_recording,
 )
-from lightning_hyperopt.core.terms import TermContext
 
 
 class PenaltyCall:

@@ -6,16 +6,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_hyperopt.core.hyperparameters.base import (
-    DriftSource,
-    Hyperparameter,
-    Parameterization,
-    read_setting,
-)
-from lightning_hyperopt.core.hyperparameters.weight_decay import check_group
+from lightning_hyperopt.core.hyperparameters.base import Parameterization, read_setting
+from lightning_hyperopt.core.hyperparameters.optimizer_setting import OptimizerSetting
 
 
-class LearningRate(Hyperparameter):
+class LearningRate(OptimizerSetting):
     """λ scales the learning rate of param group ``group`` (of every group when ``None``):
 
         η_t = λ · lr_t,   lr_t = ``param_groups[k]["lr"]`` at step t, as the schedule set it,
@@ -40,7 +35,7 @@ class LearningRate(Hyperparameter):
         parameterization: what the paper's rule steps (``"log"``: multiplicative).
     """
 
-    drift_source: DriftSource = "optimizer"
+    short_horizon_bias = True
 
     def __init__(
         self,
@@ -49,29 +44,18 @@ class LearningRate(Hyperparameter):
         bounds: tuple[float, float] = (1e-3, 1e3),
         parameterization: Parameterization = "log",
     ) -> None:
-        if group is not None and (isinstance(group, bool) or int(group) != group or group < 0):
-            raise ValueError(f"group={group!r} must be a param-group index >= 0 or None")
         if not float(bounds[0]) > 0:
             raise ValueError(
                 f"LearningRate bounds={bounds!r} must have low > 0 (a learning rate scale)"
             )
-        super().__init__(init, bounds, parameterization)
-        self.group = None if group is None else int(group)
+        super().__init__(group, init, bounds, parameterization)
 
     @property
     def natural_space(self) -> Parameterization:
         return "log"
 
-    def groups(self, optimizer: torch.optim.Optimizer) -> list[int]:
-        """The param groups whose learning rate λ scales."""
-        return list(range(len(optimizer.param_groups))) if self.group is None else [self.group]
-
     def optimizer_settings(self, optimizer: torch.optim.Optimizer) -> list[tuple[int, str, float]]:
         return [(k, "lr_scale", 1.0) for k in self.groups(optimizer)]
-
-    def check_optimizer(self, optimizer: torch.optim.Optimizer, name: str) -> None:
-        if self.group is not None:
-            check_group("LearningRate", self.group, optimizer)
 
     def extra_metrics(self, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
         lr = read_setting(optimizer.param_groups[self.groups(optimizer)[0]]["lr"])

@@ -7,13 +7,8 @@ from typing import Literal
 
 import torch
 
-from lightning_hyperopt.core.hyperparameters.base import (
-    DriftSource,
-    Hyperparameter,
-    Parameterization,
-    read_setting,
-)
-from lightning_hyperopt.core.hyperparameters.weight_decay import check_group
+from lightning_hyperopt.core.hyperparameters.base import Parameterization, read_setting
+from lightning_hyperopt.core.hyperparameters.optimizer_setting import OptimizerSetting
 
 Moment = Literal["first", "second"]
 
@@ -32,7 +27,7 @@ def read_momentum(group: dict, moment: Moment = "first") -> float:
     return read_setting(group["momentum"])
 
 
-class Momentum(Hyperparameter):
+class Momentum(OptimizerSetting):
     """The momentum of param group ``group`` (every group when ``None``), tuned online:
 
         SGD        b ← μ b + (1 − τ) g:              ∂b/∂λ gains ∂μ/∂λ · b
@@ -55,7 +50,7 @@ class Momentum(Hyperparameter):
         moment: ``"first"`` (SGD's momentum, Adam's β₁) or ``"second"`` (Adam's β₂).
     """
 
-    drift_source: DriftSource = "optimizer"
+    short_horizon_bias = True
 
     def __init__(
         self,
@@ -67,13 +62,10 @@ class Momentum(Hyperparameter):
     ) -> None:
         if moment not in ("first", "second"):
             raise ValueError(f"moment={moment!r} is not supported; accepted: 'first', 'second'")
-        if group is not None and (isinstance(group, bool) or int(group) != group or group < 0):
-            raise ValueError(f"group={group!r} must be a param-group index >= 0 or None")
         low, high = (float(b) for b in bounds)
         if not (0.0 <= low < high < 1.0):
             raise ValueError(f"Momentum bounds={bounds!r} must satisfy 0 <= low < high < 1")
-        super().__init__(low if init is None else init, (low, high), parameterization)
-        self.group = None if group is None else int(group)
+        super().__init__(group, low if init is None else init, (low, high), parameterization)
         self.init_from_optimizer = init is None
         self.moment = moment
 
@@ -81,35 +73,20 @@ class Momentum(Hyperparameter):
     def natural_space(self) -> Parameterization:
         return "logit"
 
-    def groups(self, optimizer: torch.optim.Optimizer) -> list[int]:
-        return list(range(len(optimizer.param_groups))) if self.group is None else [self.group]
-
     def optimizer_settings(self, optimizer: torch.optim.Optimizer) -> list[tuple[int, str, float]]:
         key = momentum_key(optimizer, self.moment)
         return [(k, key, 1.0) for k in self.groups(optimizer)]
 
-    def check_optimizer(self, optimizer: torch.optim.Optimizer, name: str) -> None:
-        if self.group is not None:
-            check_group("Momentum", self.group, optimizer)
-
-    def take_initial_value(self, optimizer: torch.optim.Optimizer) -> None:
+    def initial_value(self, optimizer: torch.optim.Optimizer) -> float | None:
         if not self.init_from_optimizer:
-            return
-        self.check_optimizer(optimizer, "")
-        groups = [optimizer.param_groups[k] for k in self.groups(optimizer)]
-        values = {read_momentum(g, self.moment) for g in groups}
-        if len(values) > 1:
-            raise ValueError(
-                f"Momentum(group=None, init=None): the param groups have different momenta "
-                f"{sorted(values)}; pass group= (one Momentum per group) or init="
-            )
-        (value,) = values
+            return None
+        value = self.common_value(optimizer, lambda g: read_momentum(g, self.moment), "momentum")
         if not 0.0 < value < 1.0:
             raise ValueError(
                 f"Momentum(init=None) takes the optimizer's momentum, which is {value:g}: it "
                 "moves in log-odds, where 0 cannot move; pass init= (e.g. init=0.9)"
             )
-        self.value.fill_(min(max(value, self.bounds[0]), self.bounds[1]))
+        return self.clamped(value)
 
     def write_to(self, optimizer: torch.optim.Optimizer) -> None:
         value = float(self.value)

@@ -27,9 +27,9 @@ from collections.abc import Sequence
 
 import torch
 
+from lightning_hyperopt.core.layout import FlatLayout
 from lightning_hyperopt.core.optim.adam import ADAM_RULE
 from lightning_hyperopt.core.optim.clipping import GradientClipping
-from lightning_hyperopt.core.optim.layout import FlatLayout
 from lightning_hyperopt.core.optim.rule import OptimizerRule, SettingTangents, TangentRule
 from lightning_hyperopt.core.optim.sgd import SGD_RULE
 

@@ -10,7 +10,7 @@ from lightning_hyperopt.core.functional import adam_direction, adam_tangent
 from lightning_hyperopt.core.hyperparameters.base import read_setting
 from lightning_hyperopt.core.optim.rule import OptimizerRule
 from lightning_hyperopt.core.optim.stages import (
-    GroupStep,
+    GroupTangent,
     Stage,
     coupled_weight_decay,
     decoupled_weight_decay,
@@ -22,7 +22,7 @@ from lightning_hyperopt.core.optim.stages import (
 MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 
-def adam_direction_stage(s: GroupStep) -> None:
+def adam_direction_stage(s: GroupTangent) -> None:
     """d = m̂ / (√v̂ + ε) with Adam's moments and bias corrections: ḋ and the moments'
     tangents by :func:`~lightning_hyperopt.core.functional.adam_tangent` (with β₁'s and β₂'s
     own terms where they are tuned), per parameter from torch's state (a parameter whose
@@ -63,7 +63,7 @@ def adam_direction_stage(s: GroupStep) -> None:
     s.state = dict(zip(s.carried, new[: len(s.carried)]))
 
 
-def _step_counts(s: GroupStep) -> float | Tensor:
+def _step_counts(s: GroupTangent) -> float | Tensor:
     """Torch's step count per parameter before this step: one number when they agree, else a
     vector over the entries (float64); device tensors (capturable, fused) stay on the device."""
     steps = [st.get("step", 0.0) for st in s.states]

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from lightning_hyperopt.core.hyperparameters.base import read_setting
+from lightning_hyperopt.core.layout import FlatLayout
 from lightning_hyperopt.core.optim.clipping import GradientClipping
-from lightning_hyperopt.core.optim.layout import FlatLayout
-from lightning_hyperopt.core.optim.stages import GroupStep, Stage
+from lightning_hyperopt.core.optim.stages import GroupTangent, Stage
 
 #: per param group k, the tangents (m,) of the settings hyperparameters set: {"weight_decay": e}
 SettingTangents = Mapping[int, Mapping[str, Tensor]]
@@ -155,41 +155,23 @@ class TangentRule:
         outs: list[Tensor] = []
         deltas: list[Tensor] = []
         new_state: dict[str, list[Tensor | None]] = {name: [] for name in self.state}
-        opt_state = self.optimizer.state
-        params = self.layout.params
-        no_dots: Mapping[str, Tensor] = {}
         for k, pspan, span, own in self.groups:
-            group = self.optimizer.param_groups[k]
-            members = params[pspan]
-            y = None if tangent is None else tangent[:, span]
-            carried = {
-                name: None if t is None or y is None else t[:, span]
-                for name, t in self.state.items()
-            }
-            s = GroupStep(
-                group,
-                [opt_state.get(p, {}) for p in members],
+            s = GroupTangent(
+                self.optimizer.param_groups[k],
+                [self.optimizer.state.get(p, {}) for p in self.layout.params[pspan]],
                 own,
-                y,
+                None if tangent is None else tangent[:, span],
                 grad_tangent[:, span],
                 None if grad is None else grad[span],
                 None if theta is None else theta[span],
-                dots.get(k, no_dots),
-                carried,
+                dots.get(k, {}),
+                {
+                    name: None if t is None or tangent is None else t[:, span]
+                    for name, t in self.state.items()
+                },
                 None if lr_scales is None else lr_scales.get(k),
             )
-            for stage in self.rule.stages(group):
-                stage(s)
-            delta, moments, y_new = s.delta, s.state, s.y_new
-            stepped = [p.grad is not None for p in members]
-            if not all(stepped):  # torch skips parameters without a gradient
-                mask = self.layout.expand(stepped, pspan)
-                if y_new is not None and y is not None:
-                    y_new = torch.where(mask, y_new, y)
-                delta = torch.where(mask, delta, 0.0)
-                moments = {
-                    name: _keep(mask, new, carried[name], s.gdot) for name, new in moments.items()
-                }
+            y_new, delta, moments = self._group_step(s, pspan)
             if y_new is not None:
                 outs.append(y_new)
             deltas.append(delta)
@@ -197,6 +179,25 @@ class TangentRule:
                 new_state[name].append(t)
         state = {name: _join_state(ts, deltas) for name, ts in new_state.items()}
         return (_join(outs) if outs else None), _join(deltas), state
+
+    def _group_step(
+        self, s: GroupTangent, pspan: slice
+    ) -> tuple[Tensor | None, Tensor, dict[str, Tensor | None]]:
+        """(y', δ, state tangents) of one param group, through its chain of stages; the
+        parameters torch skips (no gradient) keep their tangents."""
+        for stage in self.rule.stages(s.group):  # type: ignore[arg-type]
+            stage(s)
+        delta, moments, y_new = s.delta, s.state, s.y_new
+        stepped = [p.grad is not None for p in self.layout.params[pspan]]
+        if not all(stepped):  # torch skips parameters without a gradient
+            mask = self.layout.expand(stepped, pspan)
+            if y_new is not None and s.y is not None:
+                y_new = torch.where(mask, y_new, s.y)
+            delta = torch.where(mask, delta, 0.0)
+            moments = {
+                name: _keep(mask, new, s.carried[name], s.gdot) for name, new in moments.items()
+            }
+        return y_new, delta, moments
 
 
 def _join(parts: list[Tensor]) -> Tensor:

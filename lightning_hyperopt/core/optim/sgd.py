@@ -8,7 +8,7 @@ from lightning_hyperopt.core.functional import sgd_direction, sgd_tangent
 from lightning_hyperopt.core.hyperparameters.base import read_setting
 from lightning_hyperopt.core.optim.rule import OptimizerRule
 from lightning_hyperopt.core.optim.stages import (
-    GroupStep,
+    GroupTangent,
     coupled_weight_decay,
     descend,
     maximize,
@@ -16,7 +16,7 @@ from lightning_hyperopt.core.optim.stages import (
 )
 
 
-def sgd_direction_stage(s: GroupStep) -> None:
+def sgd_direction_stage(s: GroupTangent) -> None:
     """d = b (or g + μ b with Nesterov), b ← μ b + (1 − τ) g: ḋ and the buffer's tangent z by
     :func:`~lightning_hyperopt.core.functional.sgd_tangent` (with the momentum's own term
     where it is tuned); a parameter whose buffer torch has not created yet starts it on this

@@ -12,12 +12,12 @@ ending in θ' = θ − η·(direction). Each stage below is one such map, differ
     descend                 θ' = θ − η d             y' = y − η δ
 
 with ẇd = ∂wd/∂λ, the tangent of a param-group setting that a hyperparameter sets (one entry
-per row, in ``GroupStep.dots``; ``"momentum"``, ``"beta1"``, ``"beta2"`` enter the direction
+per row, in ``GroupTangent.dots``; ``"momentum"``, ``"beta1"``, ``"beta2"`` enter the direction
 stages). A tuned learning rate is a scale s = λ of the schedule's lr_t (``"lr_scale"``): the
 step's update per unit learning rate is D = d (+ wd θ, decoupled), so ∂θ'/∂λ gains
 −lr_t D = −η (ṡ/s) D, finite also where the schedule sets lr_t = 0. δ, the step's own
 contribution per unit learning rate, is also first order's direction (y₁ = −η δ from y = 0).
-Stages read and write a :class:`GroupStep`.
+Stages read and write a :class:`GroupTangent`.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import torch
 from torch import Tensor
 
 from lightning_hyperopt.core.hyperparameters.base import read_setting
-from lightning_hyperopt.core.optim.layout import FlatLayout
+from lightning_hyperopt.core.layout import FlatLayout
 
 
-class GroupStep:
+class GroupTangent:
     """One param group's slice of the step being differentiated (m rows, its N_k entries).
 
     Inputs: the group's settings and torch's per-parameter state before the step; the carried
@@ -75,17 +75,17 @@ class GroupStep:
         self.value: Tensor | None = None
 
 
-Stage = Callable[[GroupStep], None]
+Stage = Callable[[GroupTangent], None]
 
 
-def maximize(s: GroupStep) -> None:
+def maximize(s: GroupTangent) -> None:
     """``maximize=True``: torch negates the loss's gradient (and only it)."""
     if s.group.get("maximize", False):
         s.gdot = -s.gdot
         s.g = None if s.g is None else -s.g
 
 
-def coupled_weight_decay(s: GroupStep) -> None:
+def coupled_weight_decay(s: GroupTangent) -> None:
     """g ← g + wd θ (SGD, Adam): ġ ← ġ + wd y + ẇd θ."""
     if s.wd != 0.0:
         if s.y is not None:
@@ -97,7 +97,7 @@ def coupled_weight_decay(s: GroupStep) -> None:
         s.gdot = s.gdot + e.unsqueeze(1) * s.theta
 
 
-def decoupled_weight_decay(s: GroupStep) -> None:
+def decoupled_weight_decay(s: GroupTangent) -> None:
     """θ ← θ (1 − η wd) before the update (AdamW): δ ← ḋ + ẇd θ, and y' gains −η wd y."""
     e = s.dots.get("weight_decay")
     if e is not None and s.theta is not None:
@@ -108,7 +108,7 @@ def decoupled_weight_decay(s: GroupStep) -> None:
             s.value = s.value + s.wd * s.theta
 
 
-def scaled_learning_rate(s: GroupStep) -> None:
+def scaled_learning_rate(s: GroupTangent) -> None:
     """η = s·lr_t with s = λ (a tuned learning rate): δ ← δ + (ṡ / s) D, so that
     y' = y − η δ gains −lr_t ṡ D."""
     e = s.dots.get("lr_scale")
@@ -119,7 +119,7 @@ def scaled_learning_rate(s: GroupStep) -> None:
     s.delta = s.delta + (e / s.lr_scale).unsqueeze(1) * s.value
 
 
-def descend(s: GroupStep) -> None:
+def descend(s: GroupTangent) -> None:
     """θ' = θ − η d: y' = y − η δ (− η wd y after a decoupled weight decay)."""
     if s.y is None:
         return

@@ -305,14 +305,14 @@ def test_download_failure(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
-        ({"batch_size": 2.5}, "batch_size must be an integer >= 1"),
+        ({"batch_size": 0}, "batch_size=0 must be an integer >= 1"),
+        ({"batch_size": 2.5}, "batch_size=2.5 must be an integer >= 1"),
         ({"val_fraction": 0.0}, r"val_fraction must be in \(0, 1\), got 0.0"),
         ({"val_fraction": 1}, r"val_fraction must be in \(0, 1\), got 1"),
         ({"val_fraction": math.nan}, r"val_fraction must be in \(0, 1\)"),
         ({"val_fraction": "0.5"}, "val_fraction must be a number"),
-        ({"num_workers": -1}, "num_workers must be an integer >= 0"),
-        ({"split_seed": -1}, "split_seed must be an integer >= 0"),
+        ({"num_workers": -1}, "num_workers=-1 must be an integer >= 0"),
+        ({"split_seed": -1}, "split_seed=-1 must be an integer >= 0"),
         ({"train_size": 0}, "train_size must be an integer >= 1 or None, got 0"),
         ({"train_size": 2.5}, "train_size must be an integer >= 1 or None, got 2.5"),
         ({"train_size": True}, "train_size must be an integer >= 1 or None"),

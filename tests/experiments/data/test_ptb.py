@@ -105,7 +105,7 @@ def test_batchify_rows_are_contiguous_streams() -> None:
     [
         (torch.arange(3), 4, "3 tokens cannot fill batch_size=4 rows"),
         (torch.arange(8).reshape(2, 4), 2, "tokens must be one-dimensional"),
-        (torch.arange(8), 0, "batch_size must be an integer >= 1, got 0"),
+        (torch.arange(8), 0, "batch_size=0 must be an integer >= 1"),
     ],
 )
 def test_batchify_errors(tokens: torch.Tensor, batch_size: int, message: str) -> None:
@@ -132,7 +132,7 @@ def test_chunks_shift_and_continue(bptt: int) -> None:
 
 
 def test_chunks_errors() -> None:
-    with pytest.raises(ValueError, match="bptt must be an integer >= 1"):
+    with pytest.raises(ValueError, match="bptt=0 must be an integer >= 1"):
         BPTTChunks(torch.zeros(2, 5, dtype=torch.long), 0)
     with pytest.raises(ValueError, match=r"shape \(batch, n\) with n >= 2, got \(2, 1\)"):
         BPTTChunks(torch.zeros(2, 1, dtype=torch.long), 3)
@@ -288,7 +288,7 @@ def test_download(tiny, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("arg", ["batch_size", "bptt", "eval_batch_size"])
 def test_constructor_validation(tmp_path: Path, arg: str) -> None:
-    with pytest.raises(ValueError, match=f"{arg} must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=f"{arg}=0 must be an integer >= 1"):
         PTBDataModule(str(tmp_path), **{arg: 0})
     with pytest.raises(ValueError, match=r"checksums: unknown file name\(s\) \['train.txt'\]"):
         PTBDataModule(str(tmp_path), checksums={"train.txt": "0"})

@@ -180,7 +180,7 @@ def test_gradient_accumulation_is_refused_before_training():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(hidden_size=0), r"hidden_size must be an integer >= 1"),
+        (dict(hidden_size=0), r"hidden_size=0 must be an integer >= 1"),
         (dict(lr=0.0), r"lr=0.0 must be a finite number > 0"),
         (dict(lr_decay=1.5), r"lr_decay=1.5 must be in \(0, 1\]"),
         (dict(keep_prob=0.0), r"init=0.0 is outside bounds"),

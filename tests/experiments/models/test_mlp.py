@@ -9,8 +9,7 @@ from torch.nn import functional as F
 
 from experiments.models.mlp import MLP
 from lightning_hyperopt import OnlineHyperparamCallback
-from lightning_hyperopt.core.dropout import KeepProbability
-from lightning_hyperopt.core.hyperparameters import L2Penalty, find_hyperparameters
+from lightning_hyperopt.core.hyperparameters import KeepProbability, L2Penalty, find_hyperparameters
 
 CONFIGS = Path(__file__).resolve().parents[3] / "examples" / "configs" / "mnist"
 SMALL = dict(in_features=6, hidden=(5, 4), num_classes=3, seed=0)

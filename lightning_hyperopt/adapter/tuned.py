@@ -1,13 +1,14 @@
-"""``HeldHyperparameters``: the hyperparameters the callback brings, and those it saves.
+"""``TunedHyperparameters``: what a fit tunes, the hyperparameters the callback brings, and the
+ones whose values it saves.
 
     tuned = declared ∪ tune                        (the module's and the callback's; names disjoint)
-    held  = tune ∪ {λ ∈ declared : λ not in the module's state_dict}
+    saved = tune ∪ {λ ∈ declared : λ not in the module's state_dict}
 
 ``tune`` holds optimizer-side hyperparameters (``WeightDecay``, ``LearningRate``,
 ``Momentum``): they act through the optimizer's param groups, so the module needs no change.
 The keep probabilities that ``adopt_dropout`` creates are left out of the module's
-``state_dict`` (non-persistent). The values of ``held`` are saved in the callback's own state:
-the module's checkpoint carries the keys of the unmodified class, which loads it strictly, and a
+``state_dict`` (non-persistent). The values of ``saved`` live in the callback's own state: the
+module's checkpoint carries the keys of the unmodified class, which loads it strictly, and a
 resumed fit with the callback takes λ from the callback's state.
 """
 
@@ -15,9 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-
-import torch
-from torch import Tensor
 
 from lightning_hyperopt.core.hyperparameters.base import Hyperparameter, find_hyperparameters
 
@@ -68,14 +66,14 @@ def _persistent(h: Hyperparameter) -> bool:
     return "value" in h.state_dict(keep_vars=True)
 
 
-class HeldHyperparameters:
-    """The callback's ``tune`` and the values it saves (see the module's docstring)."""
+class TunedHyperparameters:
+    """The callback's ``tune`` (checked at construction) and what a fit tunes and saves (see
+    the module's docstring)."""
 
     def __init__(self, tune: Mapping[str, Hyperparameter] | None) -> None:
         self.tune = check_tune(tune)
-        self.held: dict[str, Hyperparameter] = {}
 
-    def tuned(self, module: Any) -> dict[str, Hyperparameter]:
+    def of(self, module: Any) -> dict[str, Hyperparameter]:
         """The module's hyperparameters, then ``tune``'s; a name or an object in both is an
         error."""
         declared = find_hyperparameters(module)
@@ -95,28 +93,24 @@ class HeldHyperparameters:
             )
         return {**declared, **self.tune}
 
-    def start(self, module: Any, hyperparameters: Mapping[str, Hyperparameter]) -> None:
-        """At fit start: ``tune`` on the module's device; which values the callback saves."""
-        for h in self.tune.values():
-            h.to(module.device)
-        self.held = {
-            name: h
-            for name, h in hyperparameters.items()
-            if name in self.tune or not _persistent(h)
-        }
+    def saved(self, hyperparameters: Mapping[str, Hyperparameter]) -> tuple[str, ...]:
+        """The names whose values the callback saves: ``tune``'s and the module's
+        non-persistent ones (adopted dropout)."""
+        return tuple(
+            name for name, h in hyperparameters.items() if name in self.tune or not _persistent(h)
+        )
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return {name: h.value.detach().clone() for name, h in self.held.items()}
 
-    def load_state_dict(self, values: Mapping[str, Tensor] | None) -> None:
-        """λ of each held hyperparameter from the callback's checkpoint."""
-        values = values or {}
-        missing = sorted(set(self.held) - set(values))
-        if missing:
-            raise ValueError(
-                f"the checkpoint holds no value for {missing} (tuned by the callback, not saved "
-                "in the module): it was written by another configuration of the callback"
-            )
-        with torch.no_grad():
-            for name, h in self.held.items():
-                h.value.copy_(torch.as_tensor(values[name]))
+def saved_values(
+    hyperparameters: Mapping[str, Hyperparameter], values: Mapping[str, Any] | None, saved: Any
+) -> dict[str, float]:
+    """λ of each ``saved`` name from a checkpoint's ``values``; a clear error naming what is
+    missing (a checkpoint of another configuration of the callback)."""
+    values = values or {}
+    missing = sorted(set(saved) - set(values))
+    if missing:
+        raise ValueError(
+            f"the checkpoint holds no value for {missing} (tuned by the callback, not saved "
+            "in the module): it was written by another configuration of the callback"
+        )
+    return {name: float(values[name]) for name in saved if name in hyperparameters}

@@ -1,14 +1,15 @@
-"""``HyperStep``: when λ moves, and how far, once its hypergradient is known (the one owner of the
-hyper optimizer's state).
+"""``HyperUpdate``: when λ is updated, and how far it moves, once its hypergradient is known
+(the one owner of the hyper optimizer's state).
 
     should_update(t)   after step t: t ≥ warm-up, the method updates at t (an update point),
-                       and the point is the k-th since the last move (``hyper_every`` = k)
-    propose(λ, h)      g_u = h · dλ/du in each row's space u = φ(λ); u ← the hyper optimizer's
+                       and the point is the k-th since the last update (``hyper_every`` = k)
+    move(λ, h)         g_u = h · dλ/du in each row's space u = φ(λ); u ← the hyper optimizer's
                        step; λ ← clip(φ⁻¹(u), low, high)
 
 The spaces are the hyperparameters' declared parameterizations for the paper's rule, their
 natural ones for the adaptive rule (see :class:`~lightning_hyperopt.core.hyper_optimizers.
-HyperOptimizer`).
+HyperOptimizer`). The arguments arrive checked (by :class:`~lightning_hyperopt.core.engine.
+TangentEngine`, or the callback's arguments).
 """
 
 from __future__ import annotations
@@ -19,29 +20,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_hyperopt.core.arguments import count
 from lightning_hyperopt.core.functional import from_space, space_slope, to_space
-from lightning_hyperopt.core.hyper_optimizers import (
-    HyperOptimizer,
-    resolve_hyper_optimizer,
-    space_masks,
-)
+from lightning_hyperopt.core.hyper_optimizers import HyperOptimizer, space_masks
 from lightning_hyperopt.core.hyperparameters.base import Hyperparameter
 from lightning_hyperopt.core.methods import HyperMethod
 
 
-class HyperStep:
-    """The λ step: schedule, spaces, bounds and the hyper optimizer, over m rows.
+class HyperUpdate:
+    """The λ update: its schedule, the spaces, the bounds and the hyper optimizer, over m rows.
 
     Args:
         method: the tuning method (when it updates; the paper rule's α_t).
         spaces: each row's space u = φ(λ) (``"identity"``, ``"log"``, ``"logit"``).
         bounds: each row's (low, high).
-        hyper_optimizer: an instance, a name, or ``None`` (see
-            :func:`~lightning_hyperopt.core.hyper_optimizers.resolve_hyper_optimizer`); its
-            state starts afresh (a checkpoint's is loaded by :meth:`load_state_dict`).
+        hyper_optimizer: the hyper step's rule; its state starts afresh (a checkpoint's is
+            loaded by :meth:`load_state_dict`).
         warmup_steps: λ is not updated after steps t < warmup_steps.
-        hyper_every: k ≥ 1: move λ on every k-th update point only; the paper rule's step is
+        hyper_every: k ≥ 1: update λ on every k-th update point only; the paper rule's step is
             multiplied by k.
         like: a tensor with the device and dtype of λ.
     """
@@ -51,15 +46,14 @@ class HyperStep:
         method: HyperMethod,
         spaces: Sequence[str],
         bounds: Sequence[tuple[float, float]],
-        hyper_optimizer: HyperOptimizer | str | None,
+        hyper_optimizer: HyperOptimizer,
         warmup_steps: int = 0,
         hyper_every: int = 1,
         like: Tensor | None = None,
     ) -> None:
         self.method = method
-        self.warmup_steps = count("warmup_steps", warmup_steps, 0)
-        self.hyper_every = count("hyper_every", hyper_every, 1)
-        self.optimizer = resolve_hyper_optimizer(hyper_optimizer, method)
+        self.warmup_steps, self.hyper_every = warmup_steps, hyper_every
+        self.optimizer = hyper_optimizer
         self.optimizer.load_state_dict({})  # a fresh start: no moments yet
         like = torch.zeros((), dtype=torch.float64) if like is None else like
         self.spaces = space_masks(spaces, like.device)  # type: ignore[arg-type]
@@ -69,42 +63,42 @@ class HyperStep:
         self._counted_point = -1
 
     @classmethod
-    def of(
+    def for_hyperparameters(
         cls,
         method: HyperMethod,
         names: Sequence[str],
         hypers: Sequence[Hyperparameter],
-        hyper_optimizer: HyperOptimizer | str | None,
+        hyper_optimizer: HyperOptimizer,
         warmup_steps: int = 0,
         hyper_every: int = 1,
-    ) -> HyperStep:
-        """The λ step of these hyperparameters: their declared spaces for the paper's rule,
+    ) -> HyperUpdate:
+        """The λ update of these hyperparameters: their declared spaces for the paper's rule,
         their natural ones for the adaptive rule; a λ that cannot move in its space (0 in log
         space) is an error."""
-        optimizer = resolve_hyper_optimizer(hyper_optimizer, method)
-        natural = optimizer.space == "natural"
+        natural = hyper_optimizer.space == "natural"
         spaces = [h.natural_space if natural else h.parameterization for h in hypers]
         for name, h, space in zip(names, hypers, spaces):
             value = float(h.value)
             if space == "log" and not value > 0:
                 raise ValueError(
-                    f"{type(optimizer).__name__} moves {name!r} in log space, where "
+                    f"{type(hyper_optimizer).__name__} moves {name!r} in log space, where "
                     f"λ = {value:g} cannot move: start it at a positive value (e.g. 1e-4)"
                 )
             if space == "logit" and not 0 < value < 1:
                 raise ValueError(
-                    f"{type(optimizer).__name__} moves {name!r} in log-odds, where "
+                    f"{type(hyper_optimizer).__name__} moves {name!r} in log-odds, where "
                     f"λ = {value:g} cannot move: start it inside (0, 1) (e.g. 0.9)"
                 )
         bounds = [h.bounds for h in hypers]
         like = hypers[0].value
-        step = cls(method, spaces, bounds, optimizer, warmup_steps, hyper_every, like)
-        step.optimizer.bind(fast_start_rows(hypers), like)
-        return step
+        update = cls(method, spaces, bounds, hyper_optimizer, warmup_steps, hyper_every, like)
+        update.optimizer.bind(fast_start_rows(hypers), like)
+        return update
 
     def should_update(self, step: int) -> bool:
-        """Whether λ moves after the step just taken (t = step − 1): after the warm-up, when
-        the method updates (an update point), and on every ``hyper_every``-th update point."""
+        """Whether λ is updated after the step just taken (t = step − 1): after the warm-up,
+        when the method updates (an update point), and on every ``hyper_every``-th update
+        point."""
         t = step - 1
         if not self._is_point(t):
             return False
@@ -130,7 +124,7 @@ class HyperStep:
             self._counted_point = t
             self.update_points += 1
 
-    def step(
+    def move(
         self, values: Tensor, hypergradient: Tensor, lr: float, step_ok: Tensor
     ) -> tuple[Tensor, Tensor]:
         """(the new λ inside the bounds, the rows that moved): g_u = h · dλ/du, a row moves
@@ -139,7 +133,7 @@ class HyperStep:
         log, logit = self.spaces
         grad = hypergradient.to(values.dtype) * space_slope(values, log, logit)
         rows = torch.isfinite(grad) & step_ok
-        alpha = self.method.hyper_step(lr) * self.hyper_every
+        alpha = self.method.alpha(lr) * self.hyper_every
         u = self.optimizer.step(to_space(values, log, logit), grad, alpha, rows)
         new = torch.minimum(torch.maximum(from_space(u, log, logit), self.low), self.high)
         return new, rows
@@ -155,17 +149,14 @@ class HyperStep:
 
 def fast_start_rows(hypers: Sequence[Hyperparameter]) -> list[bool]:
     """The rows that take the adaptive step's large first steps: the regularizers
-    (:attr:`Hyperparameter.fast_start`), unless a ``LearningRate`` or ``Momentum`` is tuned in
-    the same fit, in which case none does.
+    (:attr:`Hyperparameter.fast_start`), unless a kind with a short-horizon bias (a learning
+    rate, a momentum: :attr:`Hyperparameter.short_horizon_bias`) is tuned in the same fit, in
+    which case none does.
 
     The large first steps are for leaving an over-regularized start; with a learning rate in
-    the fit they set the path the learning rate's tangent follows too. On ``bench ttq``'s
-    mnist_sgd_lr_l2 (SGD, lr × L2, ``Clip(50)``) 30% steps on the learning rate itself diverged
-    both runs from the start 3× too high, and with them on the L2 row only 2 of 4 starts
-    reached the grid's best (median 0.2046) against 3 of 4 (median 0.1992) with none."""
-    from lightning_hyperopt.core.hyperparameters.learning_rate import LearningRate
-    from lightning_hyperopt.core.hyperparameters.momentum import Momentum
-
-    if any(isinstance(h, LearningRate | Momentum) for h in hypers):
+    the fit they set the path the learning rate's tangent follows too, and on the benchmark's
+    learning-rate task they cost starts that reached the grid's best without them (the
+    measurements: docs/results.md, time to quality)."""
+    if any(h.short_horizon_bias for h in hypers):
         return [False] * len(hypers)
     return [bool(h.fast_start) for h in hypers]
