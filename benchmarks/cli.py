@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _table1_parser(sub: Any) -> None:
     from .quadratic import TABLE1_METHODS
 
-    t1 = sub.add_parser("table1", help="the quadratic problem (Table 1), vectorized")
+    t1 = sub.add_parser(
+        "table1", help="the quadratic problem (Table 1), its repeats stacked in one engine"
+    )
     _common(t1)
     t1.add_argument("--repeats", type=int, default=50)
     t1.add_argument("--dim", type=int, default=20)
