@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import make_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -137,21 +138,6 @@ class Trajectory:
         self.values.append([float(h.value).hex() for h in hypers.values()])
 
 
-def quiet_trainer(namespace: str, steps: int, callbacks: list, **overrides: Any) -> Any:
-    """A CPU Trainer of ``namespace`` that only trains (the tuner draws its own g_V batches)."""
-    settings = dict(
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-    trainer_class = importlib.import_module(namespace).Trainer
-    return trainer_class(callbacks=callbacks, **{**settings, **overrides})
-
-
 def fit_under(
     namespace: str,
     kind: str,
@@ -165,7 +151,7 @@ def fit_under(
     model, tuner = model_on(namespace, kind, dropout), callback_for(kind)
     recorder = type("Recorder", (Trajectory, pl.Callback), {})(tuner)
     overrides = {"enable_checkpointing": True} if extra else {}
-    trainer = quiet_trainer(namespace, steps, [tuner, recorder, *extra], **overrides)
+    trainer = make_trainer([tuner, recorder, *extra], steps, namespace, **overrides)
     torch.manual_seed(0)
     trainer.fit(model, *loaders(), ckpt_path=None if ckpt_path is None else str(ckpt_path))
     return recorder.values, tuner, trainer
@@ -331,9 +317,7 @@ def test_fit_validation_loader_is_the_loader_lightning_resolved():
 
     for loaders_given in ((train, val), (train,)):
         model = model_on("pytorch_lightning", "declared")
-        quiet_trainer("pytorch_lightning", 1, [Probe()], limit_val_batches=None).fit(
-            model, *loaders_given
-        )
+        make_trainer([Probe()], 1, limit_val_batches=None).fit(model, *loaders_given)
     assert seen == [val, None]
 
 

@@ -1,6 +1,6 @@
 """The fit checks: what the tuner cannot follow, refused with a clear error before any
 training work, each a function of what it checks (the Trainer, the module, the hyperparameters)
-that raises or returns what it found."""
+that raises or returns what it found; :func:`check_fit` runs them all, in order."""
 
 from __future__ import annotations
 
@@ -12,6 +12,22 @@ from lightning_hyperopt._lightning import LightningModule, Trainer, namespace_of
 from lightning_hyperopt.adapter.module_losses import ModuleLoss
 from lightning_hyperopt.core.autograd_limits import SPARSE_FIX
 from lightning_hyperopt.core.hyperparameters.base import Hyperparameter
+from lightning_hyperopt.core.methods import HyperMethod
+
+
+def check_fit(
+    trainer: Trainer,
+    pl_module: LightningModule,
+    hyperparameters: dict[str, Hyperparameter],
+    method: HyperMethod,
+) -> tuple[bool, torch.optim.Optimizer]:
+    """Every check of a fit: the Trainer and the module, the replays, something to tune with one
+    optimizer, sparse gradients. Returns (whether the fit is distributed, the optimizer)."""
+    distributed = check_trainer(trainer, pl_module)
+    check_replays(pl_module, hyperparameters)
+    optimizer = check_hyperparameters(trainer, pl_module, hyperparameters)
+    check_sparse_gradients(pl_module, method)
+    return distributed, optimizer
 
 
 def check_strategy(strategy: Any) -> bool:

@@ -23,12 +23,7 @@ from torch import Tensor
 
 from lightning_hyperopt._lightning import LightningModule, Trainer, namespace_of
 from lightning_hyperopt.adapter.arguments import CallbackArguments
-from lightning_hyperopt.adapter.checks import (
-    check_hyperparameters,
-    check_replays,
-    check_sparse_gradients,
-    check_trainer,
-)
+from lightning_hyperopt.adapter.checks import check_fit
 from lightning_hyperopt.adapter.tuned import saved_values
 from lightning_hyperopt.core.engine import TangentEngine
 from lightning_hyperopt.core.hyper_optimizers import HyperOptimizer, resolve_hyper_optimizer
@@ -118,12 +113,9 @@ def plan_fit(
     """Every check of the fit, then the :class:`FitPlan`: the method (``"auto"``:
     :func:`~lightning_hyperopt.core.methods.default_method`), the hyper optimizer and the
     initial λ resolved once. Nothing is changed: :func:`build_engine` acts on the plan."""
-    distributed = check_trainer(trainer, pl_module)
     hyperparameters = arguments.tuned.of(pl_module)
-    check_replays(pl_module, hyperparameters)
-    optimizer = check_hyperparameters(trainer, pl_module, hyperparameters)
     method = arguments.method or default_method(hyperparameters)
-    check_sparse_gradients(pl_module, method)
+    distributed, optimizer = check_fit(trainer, pl_module, hyperparameters, method)
     saved = arguments.tuned.saved(hyperparameters)
     if continued is None:
         initial = {

@@ -134,8 +134,7 @@ class TangentEngine:
 
     # ------------------------------------------------------------------------- lifecycle
     def attach(self) -> None:
-        """Start tuning: hyperparameters in the loss's graph require grad, penalties record
-        their calls."""
+        """Start tuning: λs in the loss's graph require grad, penalties record their calls."""
         for h in self.hypers:
             h.attach()
 
@@ -145,10 +144,8 @@ class TangentEngine:
             h.detach()
 
     def track(self, enabled: bool) -> None:
-        """Whether the values of hyperparameters differentiated by autograd require grad: a
-        training loss built while they do has the graph to them that :meth:`backward` needs.
-        (A caller may switch it off between training steps, so that reading λ elsewhere does
-        not meet a tensor that requires grad.)"""
+        """Whether the autograd λs require grad: a training loss built while they do has the
+        graph :meth:`backward` needs (off between steps, λ reads as a plain tensor)."""
         for h in self.hypers:
             h.track(enabled)
 
@@ -176,8 +173,8 @@ class TangentEngine:
         return bool(self.settings.scaled_groups)
 
     def write_to_optimizer(self) -> None:
-        """Write every λ that sets an optimizer setting into the optimizer's param groups
-        (a learning-rate scale applies during the step only: :meth:`scaled_learning_rates`)."""
+        """Write each optimizer-side λ into the param groups (a learning-rate scale: only during
+        the step, :meth:`scaled_learning_rates`)."""
         self.settings.write()
 
     def scaled_learning_rates(self) -> contextlib.AbstractContextManager:
@@ -319,9 +316,8 @@ class TangentEngine:
 
     # ------------------------------------------------------------------------------ reporting
     def metrics(self) -> dict[str, Tensor]:
-        """Per hyperparameter: λ, its last hypergradient, ‖y‖, whether y was clipped, the
-        number of non-finite steps, tangents or hypergradients skipped so far, and its kind's
-        own metrics (see :func:`~lightning_hyperopt.core.metrics.engine_metrics`)."""
+        """Per hyperparameter: λ, its last hypergradient, ‖y‖, clipped, the non-finite skips and
+        its kind's own (:func:`~lightning_hyperopt.core.metrics.engine_metrics`)."""
         counts = self.guard.counts.as_tensor()
         return engine_metrics(
             self.names, self.hypers, self.state, self.method.uses_tangent, counts, self.optimizer
