@@ -115,8 +115,13 @@ def peak_tensor_memory(cuda: bool = False) -> Iterator[dict[str, int]]:
         torch.cuda.synchronize()
         result["peak"] = torch.cuda.max_memory_allocated() - base
         return
+    import gc
+
     from torch.profiler import ProfilerActivity, profile
 
+    # earlier fits' garbage (reference cycles) freed inside the window would count as negative
+    # allocations and lower the peak: collect it first
+    gc.collect()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         yield result
     events = sorted(
