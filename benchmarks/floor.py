@@ -20,10 +20,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from lightning_fabric.utilities.apply_func import move_data_to_device
 
 from lightning_hyperopt.adapter.gather import gathered_iterator
 from lightning_hyperopt.adapter.module_losses import ModuleLoss, PassIsolation
-from lightning_hyperopt.adapter.validation import eval_mode, find_loader, move_data_to_device
+from lightning_hyperopt.adapter.validation import eval_mode, find_loader
 from lightning_hyperopt.core.kernels import has_rnn, native_rnn_kernels
 
 

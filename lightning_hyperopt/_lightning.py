@@ -15,6 +15,11 @@ Nothing else in the package reads private state of another library.
 **Patches.** An attribute of one object replaced for a while (``LightningModule.backward``,
 ``optimizer.step``, ``LightningModule.log``) is a :class:`Patch`: set on the instance,
 shadowing its class's, and put back exactly as it was.
+
+**Lightning's conventions.** A configuration error is a :class:`ConfigurationError` (or
+:class:`ConfigurationTypeError`): a ``MisconfigurationException`` of every installed namespace,
+and still the ``ValueError`` (``TypeError``) it was; messages reach the user through the
+namespace's ``rank_zero_info`` and ``rank_zero_warn``, on rank 0 only.
 """
 
 from __future__ import annotations
@@ -67,6 +72,63 @@ def namespace_of(obj: Any) -> ModuleType:
     raise TypeError(f"{type(obj).__name__} is not a PyTorch Lightning object")
 
 
+def _misconfiguration_bases() -> tuple[type, ...]:
+    """The ``MisconfigurationException`` of every installed namespace (``lightning_fabric``'s
+    for ``pytorch_lightning``, ``lightning.fabric``'s for ``lightning.pytorch``)."""
+    bases: list[type] = []
+    for ns in installed():
+        cls = importlib.import_module(
+            f"{ns.__name__}.utilities.exceptions"
+        ).MisconfigurationException
+        if cls not in bases:
+            bases.append(cls)
+    return tuple(bases)
+
+
+class ConfigurationError(*_misconfiguration_bases(), ValueError):  # type: ignore[misc]
+    """A setting the tuner cannot work with, found before training (Lightning's
+    ``MisconfigurationException``, and a ``ValueError``)."""
+
+
+class ConfigurationTypeError(*_misconfiguration_bases(), TypeError):  # type: ignore[misc]
+    """A setting of the wrong type, found before training (Lightning's
+    ``MisconfigurationException``, and a ``TypeError``)."""
+
+
+@contextlib.contextmanager
+def configuration_errors() -> Iterator[None]:
+    """Within the context, a ``ValueError`` becomes a :class:`ConfigurationError` and a
+    ``TypeError`` a :class:`ConfigurationTypeError`, with the same message (the original is
+    kept as the cause)."""
+    try:
+        yield
+    except (ConfigurationError, ConfigurationTypeError):
+        raise
+    except TypeError as err:
+        raise ConfigurationTypeError(str(err)) from err
+    except ValueError as err:
+        raise ConfigurationError(str(err)) from err
+
+
+def save_config_of(trainer: Trainer) -> Any:
+    """The ``SaveConfigCallback`` LightningCLI gave ``trainer`` (its ``config`` is the run's
+    parsed configuration), or ``None`` for a run LightningCLI did not configure."""
+    cli = importlib.import_module(f"{namespace_of(trainer).__name__}.cli")
+    return next((c for c in trainer.callbacks if isinstance(c, cli.SaveConfigCallback)), None)
+
+
+def saves_weights_only(trainer: Trainer) -> bool:
+    """Whether one of the Trainer's ``ModelCheckpoint`` callbacks saves the weights only (and so
+    no callback state)."""
+    return any(getattr(c, "save_weights_only", False) for c in trainer.checkpoint_callbacks)
+
+
+def info(obj: Any, message: str) -> None:
+    """``message`` through ``rank_zero_info`` of ``obj``'s Lightning namespace (rank 0 only)."""
+    name = namespace_of(obj).__name__
+    importlib.import_module(f"{name}.utilities.rank_zero").rank_zero_info(message)
+
+
 # ----------------------------------------------------------------------------------- patches
 _MISSING = object()
 
@@ -105,14 +167,17 @@ def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
         patch.restore()
 
 
-# ---------------------------------------------------------------------- private state: reads
+# ---------------------------------------------------------------------- logging cadence
 def should_log(trainer: Trainer) -> bool:
-    """Whether this training batch is one at which Lightning writes logged metrics
-    (``log_every_n_steps``). Reads ``trainer._logger_connector.should_update_logs``
-    (pytorch-lightning / lightning 2.6.6)."""
-    return bool(trainer._logger_connector.should_update_logs)
+    """Whether Lightning writes the metrics logged at the end of this training batch, called
+    after its optimizer step: every ``log_every_n_steps`` optimizer steps, and at the last one.
+    Public state only (``global_step`` has counted this batch's step; it is the stepped-batch
+    count Lightning's logger connector tests, one ahead of it at this point)."""
+    every = trainer.log_every_n_steps
+    return every > 0 and (trainer.global_step % every == 0 or trainer.should_stop)
 
 
+# ---------------------------------------------------------------------- private state: reads
 def fit_validation_loader(trainer: Trainer) -> Any:
     """The fit's validation dataloader(s) as Lightning resolved them (``val_dataloaders`` of
     ``fit``, the datamodule's or the module's ``val_dataloader()``), or ``None``. Reads

@@ -3,7 +3,8 @@
     python -m benchmarks quickstart-tensorboard          # about 15 s
 
 Runs the README's main job (the paper's quadratic problem, ``examples/configs/quadratic/base.yaml``
-+ ``clip.yaml``) through ``lightning_hyperopt.cli.build_cli`` with a ``TensorBoardLogger``, reads
++ ``clip.yaml``, with ``log_diagnostics``) through ``lightning_hyperopt.cli.build_cli`` with a
+``TensorBoardLogger``, reads
 the ``hyperopt/*`` scalars back from the event file with tensorboard's ``EventAccumulator`` and
 plots them: exactly what the TensorBoard scalars tab shows for this run.
 """
@@ -39,6 +40,7 @@ def run(log_dir: Path, steps: int) -> tuple[dict[str, list[tuple[int, float]]], 
             str(CONFIGS / "base.yaml"),
             "--config",
             str(CONFIGS / "clip.yaml"),
+            "--trainer.callbacks.log_diagnostics=true",  # the panels below λ
             f"--trainer.max_steps={steps}",
             "--trainer.log_every_n_steps=10",
             "--trainer.enable_progress_bar=false",

@@ -17,6 +17,9 @@ graph.py          ``GraphBridge``: the backward stand-in and the kernel guards
 scaled_step.py    ``ScaledOptimizerStep``: ``optimizer.step`` at λ·lr_t for a tuned learning rate
 run_guard.py      ``RunGuard``: the non-finite decision (warn, stop, refuse to checkpoint), DDP
                   agreement
+report.py         ``FitReport``: the end-of-fit summary, ``tuned_values()``, the loggers'
+                  hyperparameters, TensorBoard's layout, the ``save_weights_only`` warning
+overlay.py        the tuned values as a LightningCLI overlay (``tuned.yaml``): where each goes
 
 Lightning's (and torchmetrics', torch's) private state and the patches of their objects are
 read and made in :mod:`lightning_hyperopt._lightning` only.

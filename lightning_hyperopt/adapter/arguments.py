@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lightning_hyperopt.adapter.tuned import TunedHyperparameters
-from lightning_hyperopt.core.arguments import check_integer
+from lightning_hyperopt.core.arguments import check_flag, check_integer
 from lightning_hyperopt.core.dropout import adopt_options
 from lightning_hyperopt.core.hyper_optimizers import HyperOptimizer, check_hyper_optimizer
 from lightning_hyperopt.core.hyperparameters.base import Hyperparameter
@@ -27,7 +27,8 @@ class CallbackArguments:
         hyper_optimizer: an instance, a name or ``None`` (resolved at fit start).
         tuned: the ``tune=`` hyperparameters, and the rules of what a fit tunes and saves.
         adopt: ``adopt_dropout``'s keyword arguments, or ``None`` (no adoption).
-        warmup_steps, hyper_every, max_nonfinite_steps, prog_bar: as given.
+        warmup_steps, hyper_every, max_nonfinite_steps, prog_bar, verbose, log_diagnostics: as
+            given.
     """
 
     method: HyperMethod | None
@@ -38,6 +39,8 @@ class CallbackArguments:
     hyper_every: int
     max_nonfinite_steps: int
     prog_bar: bool
+    verbose: bool = True
+    log_diagnostics: bool = False
 
 
 def check_arguments(
@@ -49,6 +52,8 @@ def check_arguments(
     max_nonfinite_steps: int,
     hyper_optimizer: HyperOptimizer | str | None,
     hyper_every: int,
+    verbose: bool = True,
+    log_diagnostics: bool = False,
 ) -> CallbackArguments:
     """The callback's arguments checked, each with an error naming it and what it accepts."""
     resolved = None
@@ -65,5 +70,7 @@ def check_arguments(
         warmup_steps=check_integer("warmup_steps", warmup_steps, 0),
         hyper_every=check_integer("hyper_every", hyper_every, 1),
         max_nonfinite_steps=check_integer("max_nonfinite_steps", max_nonfinite_steps, 1),
-        prog_bar=bool(prog_bar),
+        prog_bar=check_flag("prog_bar", prog_bar),
+        verbose=check_flag("verbose", verbose),
+        log_diagnostics=check_flag("log_diagnostics", log_diagnostics),
     )

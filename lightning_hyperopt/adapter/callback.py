@@ -8,15 +8,18 @@ optimizer step, the run guard); the mathematics is the engine's.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
+from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from lightning_hyperopt._lightning import (
     LightningModule,
     Trainer,
     callback_bases,
+    configuration_errors,
     grad_scaler_state,
     should_log,
 )
@@ -24,6 +27,7 @@ from lightning_hyperopt.adapter.arguments import MethodName, check_arguments
 from lightning_hyperopt.adapter.fit_plan import FitPlan, build_engine, plan_fit, saved_state
 from lightning_hyperopt.adapter.graph import GraphBridge
 from lightning_hyperopt.adapter.replay import LossReplay
+from lightning_hyperopt.adapter.report import FitReport, values_in_units
 from lightning_hyperopt.adapter.run_guard import RunGuard
 from lightning_hyperopt.adapter.scaled_step import ScaledOptimizerStep
 from lightning_hyperopt.adapter.validation import ValidationStream
@@ -79,6 +83,14 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
             otherwise.
         hyper_every: k ≥ 1: draw g_V and update λ at every k-th update point only (y still
             moves every step; the paper rule's step is multiplied by k).
+        verbose: at the end of fit, a summary through ``rank_zero_info`` (the method and why,
+            each λ's start and final value, the tuner's share of the time, the overlay written).
+        log_diagnostics: log each λ's ``hypergradient``, ``tangent_norm``, ``clipped`` and
+            ``nonfinite`` beside λ and its effective value.
+
+    Configuration errors are Lightning's ``MisconfigurationException`` (and the ``ValueError``
+    or ``TypeError`` they are); the tuned values are :meth:`tuned_values`, every logger's
+    hyperparameters at fit end and, under LightningCLI, ``<log_dir>/tuned.yaml``.
     """
 
     def __init__(
@@ -91,21 +103,27 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         max_nonfinite_steps: int = 10,
         hyper_optimizer: HyperOptimizer | HyperOptimizerName | None = None,
         hyper_every: int = 1,
+        verbose: bool = True,
+        log_diagnostics: bool = False,
     ) -> None:
         super().__init__()
-        self.arguments = check_arguments(
-            method,
-            tune,
-            warmup_steps,
-            prog_bar,
-            adopt_dropout,
-            max_nonfinite_steps,
-            hyper_optimizer,
-            hyper_every,
-        )
+        with configuration_errors():
+            self.arguments = check_arguments(
+                method,
+                tune,
+                warmup_steps,
+                prog_bar,
+                adopt_dropout,
+                max_nonfinite_steps,
+                hyper_optimizer,
+                hyper_every,
+                verbose,
+                log_diagnostics,
+            )
         self.adopt_dropout, self.hyper_optimizer = adopt_dropout, hyper_optimizer
         self.warmup_steps, self.hyper_every = warmup_steps, hyper_every
         self.prog_bar, self.max_nonfinite_steps = prog_bar, max_nonfinite_steps
+        self.verbose, self.log_diagnostics = verbose, log_diagnostics
         self.engine: TangentEngine | None = None
         self.plan: FitPlan | None = None
         self.validation = ValidationStream()
@@ -113,6 +131,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         self.bridge = GraphBridge()
         self.guard = RunGuard(self.arguments.max_nonfinite_steps)
         self.scaled_step = ScaledOptimizerStep()
+        self.report = FitReport(self.arguments.verbose)
         self._module: LightningModule | None = None
         self._restored: dict[str, Any] | None = None
         self._advanced = False
@@ -132,9 +151,9 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
     # ---------------------------------------------------------------------------- fit start
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit" and self.arguments.adopt is not None:
-            # before the optimizer exists and before a checkpoint's state_dict is loaded; the
-            # keep probabilities stay out of the module's state_dict (this callback saves them)
-            adopt_dropout(pl_module, **self.arguments.adopt, persistent=False)
+            # before the optimizer exists and before a checkpoint's state_dict is loaded
+            with configuration_errors():
+                adopt(pl_module, self.arguments.adopt)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # a checkpoint's state, or this callback's own when `fit` is called again on the same
@@ -143,17 +162,20 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         if continued is None and self.engine is not None and self._module is pl_module:
             continued = self.state_dict()
         self._end_fit()
-        plan = self.plan = plan_fit(trainer, pl_module, self.arguments, continued)
-        engine = self.engine = build_engine(plan, trainer.strategy)
+        with configuration_errors():
+            plan = self.plan = plan_fit(trainer, pl_module, self.arguments, continued)
+            engine = self.engine = build_engine(plan, trainer.strategy)
+            self.validation.start(trainer, pl_module, plan)  # finds the loader g_V draws from
+            self.replay.start(plan, pl_module)
         self._module, self._restored, self._logged = pl_module, None, False
-        self.validation.start(trainer, pl_module, plan)
-        self.replay.start(plan, pl_module)
+        self.report.start(trainer, plan)
         self.guard.start()
         self.bridge.start(pl_module, engine, plan)
         self.scaled_step.start(plan.optimizer, engine)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.validation.probe(trainer, pl_module)
+        with configuration_errors():
+            self.validation.probe(trainer, pl_module)
 
     # ------------------------------------------------------------------------------ the step
     def on_train_batch_start(
@@ -162,7 +184,8 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         engine = self._engine
         engine.track(True)  # the training step's loss needs a graph to autograd λs
         self.bridge.enter_step(engine)
-        self.replay.capture(trainer, pl_module, batch, batch_idx)
+        with configuration_errors():  # the first batch probes the replayed loss
+            self.replay.capture(trainer, pl_module, batch, batch_idx)
 
     def on_before_backward(
         self, trainer: Trainer, pl_module: LightningModule, loss: Tensor
@@ -191,7 +214,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         def replay():  # type: ignore[no-untyped-def]
             return self.replay.losses(trainer, pl_module)
 
-        with torch.enable_grad(), self.replay.replaying(pl_module):
+        with torch.enable_grad(), self.replay.replaying(pl_module), self.report.timing():
             # no gradient (training_step returned None): θ does not move, so neither do y, λ
             self._advanced = engine.advance(
                 replay if self.replay.enabled else None, loss_scale=scale, step_skipped=skipped
@@ -212,7 +235,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
             return
         self._advanced = False
         engine = self._engine
-        with torch.enable_grad():
+        with torch.enable_grad(), self.report.timing():
             engine.update(lambda: self.validation.loss(trainer, pl_module))
         # the fit's first step too: λ shows on the progress bar from the start
         if should_log(trainer) or not self._logged:
@@ -223,7 +246,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
             self._log(pl_module, engine)
 
     def _log(self, pl_module: LightningModule, engine: TangentEngine) -> None:
-        for name, value in engine.metrics().items():
+        for name, value in engine.metrics(self.arguments.log_diagnostics).items():
             prog_bar = self.arguments.prog_bar and name in engine.names
             pl_module.log(
                 f"hyperopt/{name}", value, on_step=True, on_epoch=False, prog_bar=prog_bar
@@ -243,6 +266,21 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._end_fit()
+        if self.engine is not None and self.plan is not None:
+            self.guard.check(self.engine)  # non-finite steps since the last logging step
+            self.report.end(trainer, self.plan, self.engine)
+
+    def tuned_values(self) -> dict[str, float]:
+        """Name → the tuned value, in the units the user sets: a weight decay, a momentum, a
+        keep probability, a declared λ; for a learning rate its factor λ and ``<name>/base_lr``,
+        λ times the configured base learning rate. After a fit, or from a checkpoint's state."""
+        if self.plan is not None:
+            final = self.report.values(self.plan)
+            return values_in_units(self.plan.hyperparameters, final, self.report.base_lrs)
+        report = (self._restored or {}).get("report")
+        if not report:
+            raise RuntimeError("OnlineHyperparamCallback.tuned_values(): no fit has run yet")
+        return values_in_units({}, report["final"], report["base_lr"])
 
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
@@ -264,7 +302,19 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
             "engine": self.engine.state_dict(),
             **self.validation.state_dict(),
             "values": saved_state(self.plan),
+            "report": self.report.state_dict(self.plan),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = dict(state_dict) if state_dict else None
+
+
+def adopt(pl_module: LightningModule, options: dict[str, Any]) -> None:
+    """Adopt the module's dropout (:func:`adopt_dropout`), its keep probabilities left out of
+    the module's ``state_dict`` (the callback saves them); its warnings through
+    ``rank_zero_warn``, each once."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adopt_dropout(pl_module, **options, persistent=False)
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        rank_zero_warn(message)

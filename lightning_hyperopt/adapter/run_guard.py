@@ -42,7 +42,8 @@ def evaluate(
         return Decision(
             warn=f"OnlineHyperparamCallback: non-finite values at step {step} (training "
             "loss, gradient, tangent or hypergradient); those steps moved neither y nor λ. "
-            "Counts per hyperparameter are logged as hyperopt/<name>/nonfinite"
+            "Counts per hyperparameter: the summary at fit end, and hyperopt/<name>/nonfinite "
+            "with log_diagnostics=True"
         )
     return Decision()
 

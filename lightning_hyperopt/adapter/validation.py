@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from lightning_utilities.core.apply_func import apply_to_collection
+from lightning_fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -57,11 +57,6 @@ def eval_mode(module: torch.nn.Module, plain: bool = False) -> Iterator[None]:
         for m, training in modes:
             if m.training is not training:
                 object.__setattr__(m, "training", training)
-
-
-def move_data_to_device(batch: Any, device: torch.device) -> Any:
-    """The tensors of ``batch`` on ``device`` (what Lightning's default transfer hook does)."""
-    return apply_to_collection(batch, Tensor, lambda t: t.to(device, non_blocking=True))
 
 
 def find_loader(trainer: Trainer, pl_module: LightningModule) -> Any:
@@ -183,7 +178,7 @@ class ValidationStream:
                 batch = trainer.strategy.batch_to_device(batch)
             finally:
                 trainer.state.stage = stage
-        elif pl_module.device.type != "cpu":  # what the default hooks would do, minus their cost
+        elif pl_module.device.type != "cpu":  # the default hooks' transfer, minus their cost
             batch = move_data_to_device(batch, pl_module.device)
         # cuDNN's RNN has no backward in eval mode: g_V of an RNN runs on the native kernels
         kernels = native_rnn_kernels() if plan.native_rnn else contextlib.nullcontext()

@@ -1,5 +1,6 @@
 """Checks of arguments and losses, one implementation per rule: each returns the value it
-accepts, or raises a ``ValueError`` that names the setting and what is accepted."""
+accepts, or raises a ``ValueError`` (a ``TypeError`` for a flag) that names the setting and
+what is accepted."""
 
 from __future__ import annotations
 
@@ -34,6 +35,13 @@ def check_integer(name: str, value: Any, low: int, symbol: str = "") -> int:
         named = f"{symbol} " if symbol else ""
         raise ValueError(f"{name}={value!r} must be an integer {named}>= {low}")
     return int(value)
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """``value``, if it is a bool (a ``TypeError`` otherwise: ``"yes"`` or ``1`` is not a flag)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}={value!r} must be True or False")
+    return value
 
 
 def _number(name: str, value: Any, accepted: str) -> float:

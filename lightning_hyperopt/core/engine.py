@@ -315,12 +315,13 @@ class TangentEngine:
         return True
 
     # ------------------------------------------------------------------------------ reporting
-    def metrics(self) -> dict[str, Tensor]:
-        """Per hyperparameter: λ, its last hypergradient, ‖y‖, clipped, the non-finite skips and
-        its kind's own (:func:`~lightning_hyperopt.core.metrics.engine_metrics`)."""
+    def metrics(self, diagnostics: bool = True) -> dict[str, Tensor]:
+        """Per hyperparameter: λ and its kind's own; with ``diagnostics`` its last hypergradient,
+        ‖y‖, clipped and the non-finite skips (:func:`~lightning_hyperopt.core.metrics.
+        engine_metrics`)."""
         counts = self.guard.counts.as_tensor()
         return engine_metrics(
-            self.names, self.hypers, self.state, self.method.uses_tangent, counts, self.optimizer
+            self.names, self.hypers, self.state, self.method, counts, self.settings, diagnostics
         )
 
     @property

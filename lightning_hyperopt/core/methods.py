@@ -216,6 +216,19 @@ def default_method(hyperparameters: Mapping[str, Any]) -> HyperMethod:
     return FirstOrder()
 
 
+def default_method_reason(hyperparameters: Mapping[str, Any]) -> str:
+    """Why :func:`default_method` chose what it did for these hyperparameters, in one clause."""
+    biased = [name for name, h in hyperparameters.items() if h.short_horizon_bias]
+    if biased:
+        names, one = ", ".join(biased), len(biased) == 1
+        return (
+            f"{names} {'sets' if one else 'set'} how far θ travels, which a greedy "
+            f"hypergradient would lower: a tangent clipped at r = {HORIZON_RADIUS:g} carries "
+            f"{'its' if one else 'their'} effect across steps"
+        )
+    return "regularizers only: the first-order step reached a grid's best soonest"
+
+
 def resolve_method(method: str | HyperMethod) -> HyperMethod:
     """A method instance from an instance or a name (built with its defaults)."""
     if isinstance(method, HyperMethod):

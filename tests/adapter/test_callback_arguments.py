@@ -42,11 +42,14 @@ def test_the_options_are_kept_as_checked():
         adopt_dropout={"difference": "one_sided"},
         warmup_steps=3.0,
         hyper_every=2,
-        prog_bar=0,
+        prog_bar=False,
+        verbose=False,
+        log_diagnostics=True,
     )
     assert list(a.tuned.tune) == ["lr"]
     assert a.adopt == {"mode": "shared", "difference": "one_sided"}
     assert (a.warmup_steps, a.hyper_every, a.prog_bar) == (3, 2, False)
+    assert (a.verbose, a.log_diagnostics) == (False, True)
     assert isinstance(a.warmup_steps, int)
 
 
@@ -61,6 +64,8 @@ def test_the_options_are_kept_as_checked():
         ({"max_nonfinite_steps": 0}, r"max_nonfinite_steps=0 must be an integer >= 1"),
         ({"adopt_dropout": "all"}, r"adopt_dropout='all' is not supported"),
         ({"tune": {"a/b": LearningRate()}}, r"tune= has the key 'a/b'"),
+        ({"prog_bar": 0}, r"prog_bar=0 must be True or False"),
+        ({"verbose": "no"}, r"verbose='no' must be True or False"),
     ],
 )
 def test_bad_arguments_are_named(changes, message):

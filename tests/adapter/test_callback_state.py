@@ -5,7 +5,7 @@ import torch
 from conftest import Recorder, Regression, make_trainer, pl, regression_data
 from torch.utils.data import DataLoader
 
-from lightning_hyperopt import Clip, OnlineHyperparamCallback, Unroll
+from lightning_hyperopt import Clip, OnlineHyperparamCallback, Unroll, WeightDecay
 
 
 def loaders():
@@ -53,7 +53,7 @@ def test_lambda_scalars_reach_tensorboard(tmp_path):
 
     model = Regression("per_layer", (0.05, 0.01))
     logger = pl.loggers.TensorBoardLogger(tmp_path, name="run", version=0)
-    cb = OnlineHyperparamCallback(Clip(0.5, 1.0))
+    cb = OnlineHyperparamCallback(Clip(0.5, 1.0), log_diagnostics=True)
     trainer = make_trainer([cb], 12, logger=logger, log_every_n_steps=3)
     trainer.fit(model, *loaders())
     events = EventAccumulator(str(tmp_path / "run" / "version_0"))
@@ -66,6 +66,37 @@ def test_lambda_scalars_reach_tensorboard(tmp_path):
     assert [v.step for v in values] == [2, 5, 8, 11]  # every log_every_n_steps
     assert values[-1].value == pytest.approx(float(model.l2_second.value))
     assert {v.value for v in events.Scalars("hyperopt/l2_first/clipped")} <= {0.0, 1.0}
+
+
+def test_diagnostics_are_off_by_default_and_the_layout_pairs_each_value(tmp_path):
+    """By default λ and its effective value only; TensorBoard's custom-scalars layout puts them
+    side by side (one category per hyperparameter)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    class AdamWRegression(Regression):
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=0.01, weight_decay=0.02)
+
+    logger = pl.loggers.TensorBoardLogger(tmp_path, name="run", version=0)
+    cb = OnlineHyperparamCallback(Clip(0.5, 1.0), tune={"weight_decay": WeightDecay()})
+    trainer = make_trainer([cb], 6, logger=logger, log_every_n_steps=3)
+    trainer.fit(AdamWRegression("l2", 0.05), *loaders())
+    events = EventAccumulator(str(tmp_path / "run" / "version_0"))
+    events.Reload()
+    tags = {t for t in events.Tags()["scalars"] if t.startswith("hyperopt/")}
+    shrink = "hyperopt/weight_decay/effective_decay"  # AdamW's lr·wd per step
+    assert tags == {"hyperopt/l2", "hyperopt/weight_decay", shrink}
+    values = [v.value for v in events.Scalars(shrink)]
+    decay = [v.value for v in events.Scalars("hyperopt/weight_decay")]
+    assert values == pytest.approx([0.01 * d for d in decay], rel=1e-6)
+    (config,) = events.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
+    charts = {c.title: [list(ch.multiline.tag) for ch in c.chart] for c in layout.category}
+    assert charts == {
+        "hyperopt/l2": [["hyperopt/l2"]],
+        "hyperopt/weight_decay": [["hyperopt/weight_decay"], [shrink]],
+    }
 
 
 def test_lambda_is_on_the_progress_bar():

@@ -13,7 +13,12 @@ from lightning_hyperopt import (
     OnlineHyperparamCallback,
     WeightDecay,
 )
-from lightning_hyperopt.core.methods import HORIZON_RADIUS, default_method, resolve_method
+from lightning_hyperopt.core.methods import (
+    HORIZON_RADIUS,
+    default_method,
+    default_method_reason,
+    resolve_method,
+)
 
 
 @pytest.mark.parametrize(
@@ -30,6 +35,14 @@ def test_auto_is_clip_for_a_learning_rate_or_momentum(hyperparameters, expected)
     assert type(method) is expected
     if expected is Clip:
         assert method.radius == HORIZON_RADIUS == 50.0
+
+
+def test_the_reason_names_what_made_the_choice():
+    assert default_method_reason({"l2": L2Penalty(1e-3)}).startswith("regularizers only")
+    one = default_method_reason({"wd": WeightDecay(), "lr": LearningRate()})
+    assert one.startswith("lr sets how far θ travels") and "r = 50 carries its" in one
+    two = default_method_reason({"lr": LearningRate(), "beta": Momentum(init=0.9)})
+    assert two.startswith("lr, beta set how far") and "carries their effect" in two
 
 
 def test_auto_is_the_callbacks_default_and_resolves_at_fit_start():

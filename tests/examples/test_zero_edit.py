@@ -126,3 +126,51 @@ def test_a_bad_tune_entry_is_rejected_by_the_parser(tmp_path, capsys):
     with pytest.raises(SystemExit):
         project().cli_main(["fit", "--config", str(BASE), "--config", str(bad), *tiny(tmp_path)])
     assert "does not correspond to a subclass of Hyperparameter" in capsys.readouterr().err
+
+
+def summary_of(messages):
+    (summary,) = [m for m in messages if m.startswith("OnlineHyperparamCallback:")]
+    return summary
+
+
+def test_the_tuned_values_train_fixed_from_the_written_overlay(tmp_path, lightning_info):
+    """The tuned fit writes <log_dir>/tuned.yaml; `fit --config config.yaml --config tuned.yaml`
+    without the callback trains with exactly the tuned weight decay, learning rate (λ · the
+    configured 0.001) and dropout rate (1 − the tuned keep probability)."""
+    module = project()
+    tuned_run = tmp_path / "tuned"
+    cli = module.cli_main(
+        ["fit", "--config", str(BASE), "--config", str(OVERLAY), *tiny(tuned_run)]
+    )
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, OnlineHyperparamCallback)]
+    values = cb.tuned_values()
+    keep, wd, lr = (float(h.value) for h in cb.engine.hypers)
+    assert values == {
+        "net.2.keep": keep,
+        "weight_decay": wd,
+        "lr": lr,
+        "lr/base_lr": lr * 1e-3,
+    }
+    overlay = Path(cli.trainer.log_dir) / "tuned.yaml"
+    assert yaml.safe_load(overlay.read_text(encoding="utf-8")) == {
+        "model": {"dropout": 1.0 - keep, "weight_decay": wd, "lr": lr * 1e-3}
+    }
+    summary = summary_of(lightning_info).splitlines()
+    assert summary[0].startswith("OnlineHyperparamCallback: 12 steps, 12 λ updates with Clip(")
+    assert '("auto": lr sets how far θ travels' in summary[0]
+    assert summary[1].split() == ["net.2.keep", "0.8", "→", f"{keep:.6g}"]
+    assert summary[2].split() == ["weight_decay", "0.01", "→", f"{wd:.6g}"]
+    assert summary[3].split()[:4] == ["lr", "1", "→", f"{lr:.6g}"]
+    assert f"(base lr 0.001 → {lr * 1e-3:.6g})" in summary[3]
+    assert "of the fit's" in summary[4]
+    assert summary[5].endswith(f"--config {overlay} after your config, without this callback")
+
+    fixed = module.cli_main(
+        ["fit", "--config", str(BASE), "--config", str(overlay), *tiny(tmp_path / "fixed")]
+    )
+    assert not any(isinstance(c, OnlineHyperparamCallback) for c in fixed.trainer.callbacks)
+    group = fixed.trainer.optimizers[0].param_groups[0]
+    assert (group["lr"], group["weight_decay"]) == (lr * 1e-3, wd)
+    dropouts = [m for m in fixed.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert [m.p for m in dropouts] == [1.0 - keep] * 2
+    assert fixed.model.hparams.dropout == 1.0 - keep

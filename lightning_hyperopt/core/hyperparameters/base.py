@@ -193,8 +193,11 @@ class Hyperparameter(nn.Module):
     def write_to(self, optimizer: torch.optim.Optimizer) -> None:
         """Write λ into the optimizer, for the settings it sets (after every update)."""
 
-    def extra_metrics(self, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
-        """Metrics of this kind logged beside λ (``hyperopt/<name>/<key>``)."""
+    def extra_metrics(
+        self, optimizer: torch.optim.Optimizer, lr_scales: Mapping[int, float] | None = None
+    ) -> dict[str, Tensor]:
+        """Metrics of this kind logged beside λ (``hyperopt/<name>/<key>``): its effective
+        value. ``lr_scales``: per param group, the factor a tuned learning rate puts on its lr."""
         return {}
 
     def replayed_signs(self) -> tuple[int, ...]:

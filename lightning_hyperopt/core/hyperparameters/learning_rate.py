@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
 
@@ -57,6 +59,8 @@ class LearningRate(OptimizerSetting):
     def optimizer_settings(self, optimizer: torch.optim.Optimizer) -> list[tuple[int, str, float]]:
         return [(k, "lr_scale", 1.0) for k in self.groups(optimizer)]
 
-    def extra_metrics(self, optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+    def extra_metrics(
+        self, optimizer: torch.optim.Optimizer, lr_scales: Mapping[int, float] | None = None
+    ) -> dict[str, Tensor]:
         lr = read_setting(optimizer.param_groups[self.groups(optimizer)[0]]["lr"])
         return {"effective_lr": self.value.detach() * lr}

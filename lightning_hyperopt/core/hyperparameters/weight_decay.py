@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
+from torch import Tensor
 
 from lightning_hyperopt.core.hyperparameters.base import Parameterization, read_setting
 from lightning_hyperopt.core.hyperparameters.optimizer_setting import OptimizerSetting
@@ -52,6 +54,19 @@ class WeightDecay(OptimizerSetting):
             return None
         wd = self.common_value(optimizer, lambda g: read_setting(g["weight_decay"]), "weight_decay")
         return self.clamped(wd)
+
+    def extra_metrics(
+        self, optimizer: torch.optim.Optimizer, lr_scales: Mapping[int, float] | None = None
+    ) -> dict[str, Tensor]:
+        """Under a decoupled weight decay (AdamW), ``effective_decay``: the share of θ a step
+        takes off, η_t·λ, with η_t the learning rate torch steps with (a tuned factor included);
+        a coupled one has none (it enters the gradient)."""
+        k = self.groups(optimizer)[0]
+        group = optimizer.param_groups[k]
+        if not group.get("decoupled_weight_decay", False):
+            return {}
+        lr = read_setting(group["lr"]) * (lr_scales or {}).get(k, 1.0)
+        return {"effective_decay": self.value.detach() * lr}
 
     def write_to(self, optimizer: torch.optim.Optimizer) -> None:
         value = float(self.value)
