@@ -282,3 +282,35 @@ def test_rich_progress_bar_shows_lambda():
     )
     trainer.fit(model, *loaders())
     assert seen[0] is not None and seen[-1] == pytest.approx(float(model.l2.value), rel=1e-3)
+
+
+def test_a_value_with_no_config_entry_is_named_not_written(tmp_path, lightning_info):
+    """Under LightningCLI the overlay holds what the config can express (the module's l2
+    argument) and the summary names what it cannot (a learning rate hard-coded in
+    configure_optimizers)."""
+    cli_module = importlib.import_module(f"{NAMESPACE}.cli")
+
+    class Hardcoded(AdamW):
+        def __init__(self, l2: float = 0.05):
+            super().__init__("l2", l2, lr=0.01)
+            self.train_set, self.val_set = regression_data()
+
+        def train_dataloader(self):
+            return DataLoader(self.train_set, batch_size=6)
+
+        def val_dataloader(self):
+            return DataLoader(self.val_set, batch_size=48)
+
+    cb = OnlineHyperparamCallback(Clip(5.0, 1.0), tune={"lr": LearningRate()})
+    cli = cli_module.LightningCLI(
+        Hardcoded,
+        trainer_defaults={"callbacks": [cb], "default_root_dir": str(tmp_path)},
+        args=["fit", "--trainer.max_steps=3", "--trainer.enable_progress_bar=false"],
+    )
+    overlay = tmp_path / "lightning_logs" / "version_0" / "tuned.yaml"
+    assert cli.trainer.log_dir == str(overlay.parent)
+    text = overlay.read_text(encoding="utf-8")
+    assert yaml.safe_load(text) == {"model": {"l2": float(cli.model.l2.value)}}
+    assert "# not written: lr: no config entry holds its starting value" in text
+    lines = summary_of(lightning_info).splitlines()
+    assert lines[-1] == "  not in the overlay: lr: no config entry holds its starting value"

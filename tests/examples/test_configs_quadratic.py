@@ -95,3 +95,23 @@ def test_unknown_method_name_is_rejected(tmp_path, capsys):
             ],
         )
     assert "method" in capsys.readouterr().err
+
+
+def test_a_declared_lambda_trains_fixed_from_the_written_overlay(tmp_path):
+    """The module's own λ (``init_lambda`` in the config) is written to tuned.yaml; the base
+    config with it trains with λ fixed at the tuned value."""
+    import yaml
+
+    quadratic = CONFIGS / "quadratic"
+    cli = run_cli(tmp_path / "tuned", quadratic / "base.yaml", quadratic / "clip.yaml")
+    lam = float(cli.model.lam.value)
+    overlay = Path(cli.trainer.log_dir) / "tuned.yaml"
+    assert yaml.safe_load(overlay.read_text(encoding="utf-8")) == {
+        "model": {
+            "class_path": "experiments.quadratic.QuadraticProblem",
+            "init_args": {"init_lambda": lam},
+        }
+    }
+    fixed = run_cli(tmp_path / "fixed", quadratic / "base.yaml", overlay)
+    assert not any(isinstance(c, OnlineHyperparamCallback) for c in fixed.trainer.callbacks)
+    assert float(fixed.model.lam.value) == lam and fixed.trainer.global_step == 30
