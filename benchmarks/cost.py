@@ -69,6 +69,8 @@ COST_ROWS: tuple[Row, ...] = (
     Row("plain"),
     Row(FLOOR),
     Row("Unroll1-gTgV", "first_order.yaml", callback_args=_NO_WARMUP),
+    #: the default method with one g_V in four steps (hyper_every=4)
+    Row("Unroll1-gTgV k=4", "first_order.yaml", callback_args={**_NO_WARMUP, "hyper_every": 4}),
     Row("Unroll1", "unroll.yaml", {"steps": 1}, _NO_WARMUP),
     Row("Unroll5", "unroll.yaml", {"steps": 5}, _NO_WARMUP),
     Row("Clip10", "clip.yaml", {"radius": 10.0}, _NO_WARMUP),

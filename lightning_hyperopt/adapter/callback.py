@@ -82,7 +82,8 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
             was given ``hyper_lr_scale`` (or FirstOrder's ``hyper_lr``), the adaptive one
             otherwise.
         hyper_every: k ≥ 1: draw g_V and update λ at every k-th update point only (y still
-            moves every step; the paper rule's step is multiplied by k).
+            moves every step; each update stands for the k it replaces: the paper rule's step
+            times k, the adaptive rule's window of k, so λ keeps its pace per step).
         verbose: at the end of fit, a summary through ``rank_zero_info`` (the method and why,
             each λ's start and final value, the tuner's share of the time, the overlay written).
         log_diagnostics: log each λ's ``hypergradient``, ``tangent_norm``, ``clipped`` and

@@ -78,7 +78,8 @@ class TangentEngine:
             ``"adaptive"``, or ``None``: the paper's rule when ``method`` was given its step,
             the adaptive one otherwise.
         hyper_every: k ≥ 1: g_V and the λ update on every k-th update point only (y still moves
-            every step; the paper rule's step is multiplied by k).
+            every step; each update stands for the k it replaces: the paper rule's step times
+            k, the adaptive rule's window of k).
     """
 
     def __init__(

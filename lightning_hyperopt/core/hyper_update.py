@@ -36,8 +36,8 @@ class HyperUpdate:
         hyper_optimizer: the hyper step's rule; its state starts afresh (a checkpoint's is
             loaded by :meth:`load_state_dict`).
         warmup_steps: λ is not updated after steps t < warmup_steps.
-        hyper_every: k ≥ 1: update λ on every k-th update point only; the paper rule's step is
-            multiplied by k.
+        hyper_every: k ≥ 1: update λ on every k-th update point only, each update standing for
+            the k points (the paper rule's step times k; the adaptive rule's window).
         like: a tensor with the device and dtype of λ.
     """
 
@@ -92,7 +92,7 @@ class HyperUpdate:
         bounds = [h.bounds for h in hypers]
         like = hypers[0].value
         update = cls(method, spaces, bounds, hyper_optimizer, warmup_steps, hyper_every, like)
-        update.optimizer.bind(fast_start_rows(hypers), like)
+        update.optimizer.bind(fast_start_rows(hypers), like, window=hyper_every)
         return update
 
     def should_update(self, step: int) -> bool:

@@ -130,7 +130,16 @@ def test_cost_smoke(tmp_path, mnist_dir):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["clock"] == "cpu"
     rows = summary["models"]["mlp"]["rows"]
-    one = ["plain", "floor", "Unroll1-gTgV", "Unroll1", "Unroll5", "Clip10", "Exact"]
+    one = [
+        "plain",
+        "floor",
+        "Unroll1-gTgV",
+        "Unroll1-gTgV k=4",
+        "Unroll1",
+        "Unroll5",
+        "Clip10",
+        "Exact",
+    ]
     several = [
         "plain per-layer",
         "floor per-layer",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -264,6 +265,58 @@ def test_hyper_every_updates_on_every_kth_step_with_a_k_times_step():
     assert every2[1] == pytest.approx(0.05 - 2 * 1e-3 * 0.05 * h, rel=1e-12)
     with pytest.raises(ValueError, match=r"hyper_every=0 must be an integer >= 1"):
         train(PaperStep(), hyper_every=0)
+
+
+@pytest.mark.parametrize("window", [2, 4])
+def test_a_windowed_adaptive_step_keeps_the_pace_per_step(window):
+    """Bound to a window of w update points (hyper_every = w), one update moves as far as the
+    w single updates it replaces: w times the rate at the window's middle point, capped at
+    w·δ, with β^w. With a steady gradient (m̂/√v̂ = 1), once ρ has decayed, λ after N windows is
+    λ after N·w updates exactly; during the decaying start, to the midpoint rule's error."""
+    like = torch.zeros(1, dtype=f64)
+    grad, rows = torch.ones(1, dtype=f64), torch.tensor([True])
+
+    def run(w, updates):
+        step = AdaptiveStep(lr=0.01, initial_lr=0.3, decay_updates=40)
+        step.bind([True], like, window=w)
+        u, path = torch.zeros(1, dtype=f64), []
+        for _ in range(updates):
+            u = step.step(u, grad, 0.0, rows)
+            path.append(float(u))
+        return path, step
+
+    single, _ = run(1, 100 * window)
+    windowed, step = run(window, 100)
+    per_window = single[window - 1 :: window]
+    # the decaying start: the midpoint of a geometric decay, within 1% of the distance moved
+    assert windowed[9] == pytest.approx(per_window[9], rel=0.01)
+    # after the decay, each window moves exactly w·ρ, as w single updates do
+    steady = [b - a for a, b in itertools.pairwise(windowed[60:])]
+    assert steady == pytest.approx([-window * 0.01] * len(steady), rel=1e-12)
+    assert step.betas == (0.9, 0.999)  # the configured ones stay as given
+    # the cap is w·δ: a first move of the whole window's fast start
+    capped = AdaptiveStep(lr=0.01, initial_lr=0.3, max_step=0.1)
+    capped.bind([True], like, window=window)
+    first = float(capped.step(torch.zeros(1, dtype=f64), grad, 0.0, rows))
+    assert first == pytest.approx(-0.1 * window, rel=1e-12)
+
+
+def test_a_window_of_one_is_the_single_update_bit_for_bit():
+    plain, _ = train(AdaptiveStep(), steps=8)
+    step = AdaptiveStep()
+    bound, _ = train(step, steps=8)
+    assert bound == plain and step._window == 1
+
+
+def test_hyper_every_binds_the_window():
+    """Through the engine: with hyper_every = 4, λ holds for three steps, then its first move
+    (m̂/√v̂ = ±1) is 4ρ in log λ, the four single moves it stands for."""
+    every4, engine = train(
+        AdaptiveStep(initial_lr=None), method=FirstOrder(), steps=8, hyper_every=4
+    )
+    assert engine.hyper_update.optimizer._window == 4 and engine.state.updates == 2
+    assert every4[:3] == [0.05] * 3 and every4[4:7] == [every4[3]] * 3
+    assert abs(math.log(every4[3] / 0.05)) == pytest.approx(4 * 0.01, rel=1e-12)
 
 
 def test_adaptive_state_survives_a_checkpoint():
