@@ -10,6 +10,7 @@ tuned.py          ``TunedHyperparameters``: what a fit tunes (the module's and `
 validation.py     ``ValidationStream``: the loader, the seeded resumable iterator, DDP dealing,
                   transfer hooks, eval mode, the probe; L_V on its batches
 gather.py         validation batches gathered by index from a loader over stored tensors
+rebatch.py        the g_V loader rebuilt at ``validation_batch_size`` samples per batch
 module_losses.py  ``ModuleLoss``: L_V and L_T from the module's methods or steps;
                   ``PassIsolation``: the tuner's passes log nothing and leave metrics alone
 replay.py         ``LossReplay``: the step's batches and RNG for finite-difference replays

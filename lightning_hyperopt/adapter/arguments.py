@@ -27,8 +27,8 @@ class CallbackArguments:
         hyper_optimizer: an instance, a name or ``None`` (resolved at fit start).
         tuned: the ``tune=`` hyperparameters, and the rules of what a fit tunes and saves.
         adopt: ``adopt_dropout``'s keyword arguments, or ``None`` (no adoption).
-        warmup_steps, hyper_every, max_nonfinite_steps, prog_bar, verbose, log_diagnostics: as
-            given.
+        warmup_steps, hyper_every, max_nonfinite_steps, prog_bar, verbose, log_diagnostics,
+            validation_batch_size: as given.
     """
 
     method: HyperMethod | None
@@ -41,6 +41,7 @@ class CallbackArguments:
     prog_bar: bool
     verbose: bool = True
     log_diagnostics: bool = False
+    validation_batch_size: int | None = None
 
 
 def check_arguments(
@@ -54,6 +55,7 @@ def check_arguments(
     hyper_every: int,
     verbose: bool = True,
     log_diagnostics: bool = False,
+    validation_batch_size: int | None = None,
 ) -> CallbackArguments:
     """The callback's arguments checked, each with an error naming it and what it accepts."""
     resolved = None
@@ -73,4 +75,9 @@ def check_arguments(
         prog_bar=check_flag("prog_bar", prog_bar),
         verbose=check_flag("verbose", verbose),
         log_diagnostics=check_flag("log_diagnostics", log_diagnostics),
+        validation_batch_size=(
+            None
+            if validation_batch_size is None
+            else check_integer("validation_batch_size", validation_batch_size, 1)
+        ),
     )

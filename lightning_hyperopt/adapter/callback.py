@@ -88,6 +88,10 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
             each λ's start and final value, the tuner's share of the time, the overlay written).
         log_diagnostics: log each λ's ``hypergradient``, ``tangent_norm``, ``clipped`` and
             ``nonfinite`` beside λ and its effective value.
+        validation_batch_size: B: g_V's batches hold B samples, drawn in the order of the g_V
+            loader's sampler (its other settings kept: see
+            :func:`~lightning_hyperopt.adapter.rebatch.rebatched`); ``None`` (default): the
+            loader's own batches. A smaller B makes each g_V cheaper and noisier.
 
     Configuration errors are Lightning's ``MisconfigurationException`` (and the ``ValueError``
     or ``TypeError`` they are); the tuned values are :meth:`tuned_values`, every logger's
@@ -106,6 +110,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         hyper_every: int = 1,
         verbose: bool = True,
         log_diagnostics: bool = False,
+        validation_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         with configuration_errors():
@@ -120,14 +125,16 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
                 hyper_every,
                 verbose,
                 log_diagnostics,
+                validation_batch_size,
             )
         self.adopt_dropout, self.hyper_optimizer = adopt_dropout, hyper_optimizer
         self.warmup_steps, self.hyper_every = warmup_steps, hyper_every
         self.prog_bar, self.max_nonfinite_steps = prog_bar, max_nonfinite_steps
         self.verbose, self.log_diagnostics = verbose, log_diagnostics
+        self.validation_batch_size = validation_batch_size
         self.engine: TangentEngine | None = None
         self.plan: FitPlan | None = None
-        self.validation = ValidationStream()
+        self.validation = ValidationStream(self.arguments.validation_batch_size)
         self.replay = LossReplay()
         self.bridge = GraphBridge()
         self.guard = RunGuard(self.arguments.max_nonfinite_steps)

@@ -34,6 +34,7 @@ from lightning_hyperopt._lightning import (
 from lightning_hyperopt.adapter.fit_plan import FitPlan
 from lightning_hyperopt.adapter.gather import gathered_iterator
 from lightning_hyperopt.adapter.module_losses import ModuleLoss, NoLoss, PassIsolation
+from lightning_hyperopt.adapter.rebatch import rebatched
 from lightning_hyperopt.core.arguments import check_probed_loss
 from lightning_hyperopt.core.autograd_limits import named_limits
 from lightning_hyperopt.core.kernels import native_rnn_kernels
@@ -103,9 +104,13 @@ class ValidationStream:
     far. Under DDP the stream is dealt out in blocks of W batches (W processes): process r
     keeps the r-th batch of each block and every process draws the whole block, so all of them
     stay at the same position; a pass's last, incomplete block is dropped by all.
+
+    ``batch_size``: the loader rebuilt with that many samples per batch
+    (:func:`~lightning_hyperopt.adapter.rebatch.rebatched`), or ``None``: its own batches.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, batch_size: int | None = None) -> None:
+        self.batch_size = batch_size
         self.loader: Any = None
         self.seed = 0
         self.passes = 0
@@ -123,6 +128,8 @@ class ValidationStream:
         self._source = ModuleLoss(pl_module, "validation_loss", "validation_step")
         self._isolation.start(pl_module)
         self.loader = find_loader(trainer, pl_module)
+        if self.batch_size is not None:
+            self.loader = rebatched(self.loader, self.batch_size)
         self.seed = int(trainer.strategy.broadcast(int(torch.initial_seed()) % (2**62)))
         self.passes, self.index = 0, 0
         if plan.resume is not None:
@@ -157,6 +164,7 @@ class ValidationStream:
         raise ValueError(
             "the validation dataloader for OnlineHyperparamCallback is empty"
             + (f" or has fewer batches than the {plan.world} processes" if plan.world > 1 else "")
+            + self._at_batch_size()
         )
 
     def loss(self, trainer: Trainer, pl_module: LightningModule, batch: Any = None) -> Tensor:
@@ -205,6 +213,7 @@ class ValidationStream:
             except StopIteration:
                 raise ValueError(
                     "the validation dataloader for OnlineHyperparamCallback is empty"
+                    + self._at_batch_size()
                 ) from None
             try:
                 with torch.enable_grad():
@@ -229,6 +238,11 @@ class ValidationStream:
             torch.autograd.grad(
                 loss, [p for p in pl_module.parameters() if p.requires_grad], allow_unused=True
             )
+
+    def _at_batch_size(self) -> str:
+        if self.batch_size is None:
+            return ""
+        return f" at validation_batch_size={self.batch_size}"
 
     def state_dict(self) -> dict[str, int]:
         return {"val_seed": self.seed, "val_pass": self.passes, "val_index": self.index}
