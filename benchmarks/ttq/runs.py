@@ -70,7 +70,8 @@ def build_model(
 ) -> Any:
     """The task's model on ``lightning.pytorch``, seeded, with its hyperparameters at ``point``.
 
-    A learning-rate dim (:data:`LR_SCALE`) multiplies the task's ``lr`` (and ``final_lr``): for
+    A learning-rate dim (:data:`LR_SCALE`) multiplies the task's ``lr`` (and ``final_lr``, where
+    the schedule has one): for
     a run the tuner drives (``tuned``) the model declares it (``tune_lr``: a
     :class:`~lightning_hyperopt.LearningRate` λ, η_t = λ·lr_t), for the other systems it is a
     fixed factor of the model's learning rates. ``extra_args`` add to (or replace) the task's
@@ -87,7 +88,8 @@ def build_model(
     if LR_SCALE in point and not tuned:
         scale = point.pop(LR_SCALE)
         args["lr"] = args["lr"] * scale
-        args["final_lr"] = args["final_lr"] * scale
+        if "final_lr" in args:  # a step decay (the LSTM's) is a factor of lr already
+            args["final_lr"] = args["final_lr"] * scale
     elif LR_SCALE in point:
         args["tune_lr"] = True
     torch.manual_seed(seed)

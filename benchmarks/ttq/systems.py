@@ -249,7 +249,7 @@ def run_ttq(
             _run_optuna(ctx, seeds[0], budget, max_trials)
         for system in TUNING_FREE:
             if system in chosen and system in task.tuning_free:
-                _fixed_points(ctx, system, [task.middle()], seeds[0])
+                _fixed_points(ctx, system, task.regularizer_points(), seeds[0])
         if "online" in chosen:
             _run_online(ctx, seeds)
     summary = {

@@ -83,17 +83,32 @@ class Task:
     loss_label: str = "cross-entropy"
     smoke: Mapping[str, Any] = field(default_factory=dict)
     notes: str = ""
-    #: the tuning-free optimizers run on this task (``tuning_free.TUNING_FREE``), at the grid's
-    #: middle value of every dim but the learning rate
+    #: the tuning-free optimizers run on this task (``tuning_free.TUNING_FREE``), once at each
+    #: of the grid's values of the other dims (:meth:`regularizer_points`), the best reported
     tuning_free: tuple[str, ...] = ()
 
     def middle(self) -> dict[str, float]:
-        """Per dim, the middle of the grid's sorted values (the tuning-free systems' point)."""
+        """Per dim, the middle of the grid's sorted values."""
         out = {}
         for d in self.dims:
             values = sorted({p[d.name] for p in self.grid})
             out[d.name] = values[(len(values) - 1) // 2]
         return out
+
+    def regularizer_points(self) -> tuple[dict[str, float], ...]:
+        """The tuning-free systems' points: each distinct combination of the grid's values of
+        the dims other than the learning rate, in grid order, the learning rate at the grid's
+        middle (the tuning-free optimizer sets its own step size; the value only names the
+        run)."""
+        lr = self.middle().get(LR_SCALE)
+        out: list[dict[str, float]] = []
+        for p in self.grid:
+            point = {k: v for k, v in p.items() if k != LR_SCALE}
+            if lr is not None:
+                point[LR_SCALE] = lr
+            if point not in out:
+                out.append(point)
+        return tuple(out)
 
     def check(self) -> None:
         """Raise ValueError if the preset is inconsistent (names, ranges, points, steps)."""
@@ -315,6 +330,40 @@ TASKS: dict[str, Task] = {
             trainer_args={"gradient_clip_val": 5.0, "limit_val_batches": 50},
             loss_label="cross-entropy per token",
             smoke=PTB_SMOKE,
+        ),
+        Task(
+            name="ptb_lr_keep",
+            description="PTB LSTM LM (2 × 100 units), the first 2% of the training text, SGD with "
+            "gradient clipping: the learning rate (a factor of lr 1, step decay ×0.8 every 200 "
+            "steps) and one dropout keep probability",
+            model="lstm_lm",
+            data="ptb",
+            # the starts' span: lr 0.1 to 31.6 (the grid spans 0.1 to 3.16)
+            dims=(Dim(LR_SCALE, 0.1, 31.6227766), Dim("keep_prob", 0.3, 1.0, log=False)),
+            # 4 learning rates (0.1 to 3.2, around Zaremba's 1) × 3 keep probabilities
+            grid=_product(
+                lr=[{LR_SCALE: v} for v in logspace(0.1, 3.16227766, 4)],
+                keep=[{"keep_prob": v} for v in (0.3, 0.65, 1.0)],
+            ),
+            # lr 10× low, 3× high and 30× high against Zaremba's lr 1, × two keep probabilities
+            starts=_product(
+                lr=[{LR_SCALE: 0.1}, {LR_SCALE: 3.0}, {LR_SCALE: 30.0}],
+                keep=[{"keep_prob": 0.4}, {"keep_prob": 0.9}],
+            ),
+            steps=800,
+            val_every=100,
+            model_args={
+                "hidden_size": 100,
+                "keep_prob": 0.5,
+                "lr": 1.0,
+                "lr_decay": 0.8,
+                "lr_decay_every": 200,
+            },
+            data_args={"train_fraction": 0.02, "batch_size": 10, "bptt": 20, "eval_batch_size": 10},
+            trainer_args={"gradient_clip_val": 5.0, "limit_val_batches": 50},
+            loss_label="cross-entropy per token",
+            smoke=PTB_SMOKE,
+            tuning_free=("prodigy", "schedulefree"),
         ),
     )
 }

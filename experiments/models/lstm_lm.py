@@ -29,7 +29,7 @@ from torchmetrics.text import Perplexity
 
 from lightning_hyperopt.core.arguments import check_integer, check_positive
 from lightning_hyperopt.core.dropout import TunableDropout
-from lightning_hyperopt.core.hyperparameters import Difference, KeepProbability
+from lightning_hyperopt.core.hyperparameters import Difference, KeepProbability, LearningRate
 
 State = list[tuple[Tensor, Tensor]]  # (h, c) of each layer, each (1, batch, hidden)
 Batch = tuple[Tensor, Tensor]  # (input, target) token ids, (batch, time)
@@ -59,6 +59,7 @@ class _LSTMLanguageModelLogic:
         lr: float = 1.0,
         lr_decay: float = 0.95,
         lr_decay_every: int = 5000,
+        tune_lr: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -78,6 +79,8 @@ class _LSTMLanguageModelLogic:
 
         if not keep_per_layer:
             self.keep_prob = keep()  # registered first, so the tuner names it "keep_prob"
+        #: λ scaling the step-decayed learning rate (η_t = λ·lr_t), when it is tuned
+        self.lr_scale: LearningRate | None = LearningRate() if tune_lr else None
         self.embedding = nn.Embedding(vocab_size, embedding_size)
         sizes = [embedding_size] + [hidden_size] * num_layers
         self.lstms = nn.ModuleList(
@@ -123,6 +126,11 @@ class _LSTMLanguageModelLogic:
         loss, logits, state = self._token_loss(batch, stream)
         self._states[stream] = _detached(state)
         return loss, logits
+
+    def weights(self) -> list[Tensor]:
+        """The weight matrices (the embedding, the LSTMs' input and recurrent weights, the
+        decoder's), not the biases: what a decoupled weight decay would act on."""
+        return [p for name, p in self.named_parameters() if "bias" not in name]
 
     # ---------------------------------------------------------------------- the tuner's API
     def training_loss(self, batch: Batch) -> Tensor:
@@ -216,4 +224,6 @@ class LSTMLanguageModel(_LSTMLanguageModelLogic, pl.LightningModule):
         lr_decay: factor applied to lr every ``lr_decay_every`` optimizer steps (the paper:
             0.95 every 5,000).
         lr_decay_every: steps between two decays.
+        tune_lr: declare ``self.lr_scale``, a :class:`LearningRate` λ₀ = 1 scaling the
+            learning rate at every step (η_t = λ·lr_t; logged as ``hyperopt/lr_scale``).
     """

@@ -89,9 +89,10 @@ def test_every_system_of_every_task_has_records(smoke):
         by = {s: [r for r in mine if r["system"] == s] for s in SYSTEMS}
         expected = {s for s in SYSTEMS if s not in TUNING_FREE or s in preset.tuning_free}
         assert {s for s, rs in by.items() if rs} == expected, f"{task}: systems run"
-        for system in preset.tuning_free:  # one fit at the grid's middle, its own optimizer
-            (r,) = by[system]
-            assert r["point"] == preset.middle()
+        for system in preset.tuning_free:  # one fit per regularizer value, its own optimizer
+            points = [r["point"] for r in by[system]]
+            assert points == list(preset.regularizer_points())
+            assert len(points) == len({tuple(sorted(p.items())) for p in points}) == 3
         assert [r["point"] for r in by["grid"]] == [dict(p) for p in preset.grid]
         assert len(by["random"]) == len(preset.grid)
         assert len(by["online"]) == len(preset.starts) * 2  # starts × seeds 0, 1
@@ -282,7 +283,9 @@ def test_presets():
         task.check()
         assert task.scaled(True, None, None).steps < 20
         if task.tuning_free:  # a learning rate: a 4 × 3 grid, starts lr 10× low / 3× high × 2
-            assert len(task.grid) == 12 and len(task.starts) == 4, name
+            # (ptb_lr_keep: 10× low, 3× and 30× high × 2)
+            starts = 6 if name == "ptb_lr_keep" else 4
+            assert len(task.grid) == 12 and len(task.starts) == starts, name
             assert task.dims[0].name == "lr_scale" and len(task.dims) == 2
         else:  # the L2 tasks have a 4th, over-regularized start (issue #19)
             starts = 4 if name in ("mnist_l2", "mnist_multi") else 3
@@ -293,14 +296,19 @@ def test_presets():
             # the grid spans the search space of random search and Optuna; mnist_multi's keep
             # range reaches down to its over-regularized start (0.3) below the grid's 0.5
             below = (name, d.name) == ("mnist_multi", "keep")
+            # ptb_lr_keep's lr range reaches up to its 30×-high start, 10× above the grid's top
+            above = (name, d.name) == ("ptb_lr_keep", "lr_scale")
             assert min(grid) == pytest.approx(0.5 if below else d.low)
-            assert max(grid) == pytest.approx(d.high) and min(starts) >= d.low
+            assert max(grid) == pytest.approx(d.high / 10 if above else d.high)
+            assert min(starts) >= d.low and max(starts) <= d.high
             if below:
                 assert min(starts) == pytest.approx(d.low)
-            if task.tuning_free:  # starts 30× apart on the learning rate, 100× on the other
-                assert max(starts) / min(starts) == pytest.approx(
-                    30 if d.name == "lr_scale" else 100
-                )
+            if task.tuning_free and d.log:  # starts 30× apart on the lr (ptb_lr_keep: 300×),
+                # 100× on a penalty
+                spread = (300 if above else 30) if d.name == "lr_scale" else 100
+                assert max(starts) / min(starts) == pytest.approx(spread)
+            elif task.tuning_free:  # a keep probability: two values half the range apart
+                assert max(starts) - min(starts) >= 0.5 * (d.high - d.low)
             elif d.log:  # starts spanning 3 decades, 4 with an over-regularized start at 0.1
                 span = 1e4 if max(starts) == pytest.approx(0.1) else 1e3
                 assert max(starts) / min(starts) == pytest.approx(span)
