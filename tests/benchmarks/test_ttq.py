@@ -120,7 +120,9 @@ def test_every_system_of_every_task_has_records(smoke):
         # Optuna ran until its clock passed the grid's total (or its last trial was cut there)
         grid_total = sum(r["end_s"]["wall"] - r["start_s"]["wall"] for r in by["grid"])
         optuna_end = max(r["end_s"]["wall"] for r in by["optuna"])
-        assert optuna_end >= grid_total
+        # (what runs between a trial's recorded end and the loop's next clock read is on the
+        # clock but in no record)
+        assert optuna_end >= 0.98 * grid_total
         assert {r["state"] for r in by["optuna"]} <= {"complete", "pruned", "cut"}
         assert [r["trial"] for r in by["optuna"]] == list(range(len(by["optuna"])))
 
