@@ -11,7 +11,7 @@ import yaml
 from fake_data import write_corpus, write_mnist
 
 from benchmarks.cli import main
-from benchmarks.cost import COST_ROWS, PER_LAYER_ROWS
+from benchmarks.cost import COST_ROWS, PER_LAYER_ROWS, SMALL_GV_ROW
 from benchmarks.records import bare_trainer
 from benchmarks.training import MNIST, PTB, Row, compose_config, summarize
 
@@ -139,6 +139,7 @@ def test_cost_smoke(tmp_path, mnist_dir):
         "Unroll5",
         "Clip10",
         "Exact",
+        "Unroll1-gTgV B=50",
     ]
     several = [
         "plain per-layer",
@@ -183,12 +184,14 @@ def test_cost_smoke(tmp_path, mnist_dir):
 def test_cost_rows_measure_steps_with_lambda_updates(tmp_path):
     """No warm-up in the cost benchmark: every timed step pays for the validation gradient;
     the per-layer rows are the same methods with per_layer_l2."""
-    online = [r for r in (*COST_ROWS, *PER_LAYER_ROWS) if r.overlay is not None]
-    assert len(online) == 8
+    online = [r for r in (*COST_ROWS, SMALL_GV_ROW, *PER_LAYER_ROWS) if r.overlay is not None]
+    assert len(online) == 10
     for row in online:
         config = compose_config(MNIST, row, 1e-3, 10, 10, tmp_path)
         (cb,) = config["trainer"]["callbacks"]
         assert cb["init_args"]["warmup_steps"] == 0
+    config = compose_config(MNIST, SMALL_GV_ROW, 1e-3, 10, 10, tmp_path)
+    assert config["trainer"]["callbacks"][0]["init_args"]["validation_batch_size"] == 50
     for row in PER_LAYER_ROWS:
         config = compose_config(MNIST, row, 1e-3, 10, 10, tmp_path)
         assert config["model"]["init_args"]["per_layer_l2"] is True
