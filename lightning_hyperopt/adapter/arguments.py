@@ -36,7 +36,7 @@ class CallbackArguments:
     tuned: TunedHyperparameters
     adopt: dict[str, Any] | None
     warmup_steps: int
-    hyper_every: int
+    hyper_every: int | Literal["auto"]
     max_nonfinite_steps: int
     prog_bar: bool
     verbose: bool = True
@@ -52,7 +52,7 @@ def check_arguments(
     adopt_dropout: Any,
     max_nonfinite_steps: int,
     hyper_optimizer: HyperOptimizer | str | None,
-    hyper_every: int,
+    hyper_every: int | Literal["auto"],
     verbose: bool = True,
     log_diagnostics: bool = False,
     validation_batch_size: int | None = None,
@@ -70,7 +70,7 @@ def check_arguments(
         tuned=TunedHyperparameters(tune),
         adopt=adopt_options(adopt_dropout),
         warmup_steps=check_integer("warmup_steps", warmup_steps, 0),
-        hyper_every=check_integer("hyper_every", hyper_every, 1),
+        hyper_every=_check_hyper_every(hyper_every),
         max_nonfinite_steps=check_integer("max_nonfinite_steps", max_nonfinite_steps, 1),
         prog_bar=check_flag("prog_bar", prog_bar),
         verbose=check_flag("verbose", verbose),
@@ -81,3 +81,14 @@ def check_arguments(
             else check_integer("validation_batch_size", validation_batch_size, 1)
         ),
     )
+
+
+def _check_hyper_every(value: Any) -> int | Literal["auto"]:
+    if value == "auto" and isinstance(value, str):
+        return "auto"
+    try:
+        return check_integer("hyper_every", value, 1)
+    except ValueError:
+        raise ValueError(
+            f"hyper_every={value!r} is not supported; accepted values: an integer >= 1 or 'auto'"
+        ) from None

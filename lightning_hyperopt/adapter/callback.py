@@ -9,7 +9,7 @@ optimizer step, the run guard); the mathematics is the engine's.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_warn
@@ -84,6 +84,9 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         hyper_every: k ≥ 1: draw g_V and update λ at every k-th update point only (y still
             moves every step; each update stands for the k it replaces: the paper rule's step
             times k, the adaptive rule's window of k, so λ keeps its pace per step).
+            ``"auto"`` (default): 4 where ``method="auto"`` chose ``FirstOrder`` (a fit of
+            regularizers only), else 1 (:func:`~lightning_hyperopt.core.methods.
+            default_hyper_every`).
         verbose: at the end of fit, a summary through ``rank_zero_info`` (the method and why,
             each λ's start and final value, the tuner's share of the time, the overlay written).
         log_diagnostics: log each λ's ``hypergradient``, ``tangent_norm``, ``clipped`` and
@@ -107,7 +110,7 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
         adopt_dropout: AdoptMode | dict[str, Any] | None = None,
         max_nonfinite_steps: int = 10,
         hyper_optimizer: HyperOptimizer | HyperOptimizerName | None = None,
-        hyper_every: int = 1,
+        hyper_every: int | Literal["auto"] = "auto",
         verbose: bool = True,
         log_diagnostics: bool = False,
         validation_batch_size: int | None = None,

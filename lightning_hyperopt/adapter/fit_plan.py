@@ -29,7 +29,7 @@ from lightning_hyperopt.core.engine import TangentEngine
 from lightning_hyperopt.core.hyper_optimizers import HyperOptimizer, resolve_hyper_optimizer
 from lightning_hyperopt.core.hyperparameters.base import Hyperparameter
 from lightning_hyperopt.core.kernels import has_rnn
-from lightning_hyperopt.core.methods import HyperMethod, default_method
+from lightning_hyperopt.core.methods import HyperMethod, default_hyper_every, default_method
 from lightning_hyperopt.core.optim import GradientClipping
 
 _TRANSFER_HOOKS = (
@@ -136,7 +136,11 @@ def plan_fit(
         method_chosen=arguments.method is None,
         hyper_optimizer=resolve_hyper_optimizer(arguments.hyper_optimizer, method),
         warmup_steps=arguments.warmup_steps,
-        hyper_every=arguments.hyper_every,
+        hyper_every=(
+            default_hyper_every(hyperparameters, arguments.method is None)
+            if arguments.hyper_every == "auto"
+            else arguments.hyper_every
+        ),
         initial_values=initial,
         device=pl_module.device,
         brought=tuple(arguments.tuned.tune),

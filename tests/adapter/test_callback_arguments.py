@@ -30,6 +30,11 @@ def test_auto_stays_undecided_and_names_become_methods():
     assert arguments(method=given).method is given
 
 
+def test_hyper_every_auto_stays_undecided():
+    assert arguments(hyper_every="auto").hyper_every == "auto"
+    assert arguments(hyper_every=4.0).hyper_every == 4
+
+
 def test_a_hyper_optimizer_is_checked_not_built():
     assert arguments(hyper_optimizer="paper").hyper_optimizer == "paper"
     rule = AdaptiveStep(lr=0.02)
@@ -59,8 +64,9 @@ def test_the_options_are_kept_as_checked():
         ({"method": "sgd"}, r"method='sgd' is not supported.*or 'auto' \(the default\)"),
         ({"hyper_optimizer": "adam"}, r"hyper_optimizer='adam' is not supported"),
         ({"warmup_steps": -1}, r"warmup_steps=-1 must be an integer >= 0"),
-        ({"hyper_every": 0}, r"hyper_every=0 must be an integer >= 1"),
-        ({"hyper_every": "2"}, r"hyper_every='2' must be an integer >= 1"),
+        ({"hyper_every": 0}, r"hyper_every=0 is not supported; .*an integer >= 1 or 'auto'"),
+        ({"hyper_every": "2"}, r"hyper_every='2' is not supported; .*an integer >= 1 or 'auto'"),
+        ({"hyper_every": "Auto"}, r"hyper_every='Auto' is not supported"),
         ({"max_nonfinite_steps": 0}, r"max_nonfinite_steps=0 must be an integer >= 1"),
         ({"adopt_dropout": "all"}, r"adopt_dropout='all' is not supported"),
         ({"tune": {"a/b": LearningRate()}}, r"tune= has the key 'a/b'"),

@@ -112,7 +112,7 @@ def fit(validation_batch_size, steps=6):
     torch.manual_seed(0)
     train, val = regression_data()
     model = Recording("l2", 0.05)
-    cb = OnlineHyperparamCallback(validation_batch_size=validation_batch_size)
+    cb = OnlineHyperparamCallback(hyper_every=1, validation_batch_size=validation_batch_size)
     loaders = DataLoader(train, batch_size=6), DataLoader(val, batch_size=48, shuffle=True)
     make_trainer([cb], steps).fit(model, *loaders)
     return model, cb

@@ -215,9 +215,10 @@ def test_online_model_args_reach_the_online_runs_only(tmp_path, data):
     out = tmp_path / "m"
     args = ["ttq", "--out", str(out), "--smoke", "--no-progress", "--task", "mnist_multi"]
     args += ["--systems", "grid,online", "--seeds", "0", *data]
-    # steps of 1% (the default's first steps of 0.3 take keep to its bound either way)
+    # steps of 1% (the default's first steps of 0.3 take keep to its bound either way), one
+    # per step (the smoke run's 6 steps hold one window of the default 4)
     step = {"class_path": "lightning_hyperopt.AdaptiveStep", "init_args": {"initial_lr": None}}
-    args += ["--online-args", json.dumps({"hyper_optimizer": step})]
+    args += ["--online-args", json.dumps({"hyper_optimizer": step, "hyper_every": 1})]
     main(
         [
             *args,

@@ -14,7 +14,9 @@ from lightning_hyperopt import (
     WeightDecay,
 )
 from lightning_hyperopt.core.methods import (
+    DEFAULT_HYPER_EVERY,
     HORIZON_RADIUS,
+    default_hyper_every,
     default_method,
     default_method_reason,
     resolve_method,
@@ -35,6 +37,21 @@ def test_auto_is_clip_for_a_learning_rate_or_momentum(hyperparameters, expected)
     assert type(method) is expected
     if expected is Clip:
         assert method.radius == HORIZON_RADIUS == 50.0
+
+
+@pytest.mark.parametrize(
+    ("hyperparameters", "chosen", "expected"),
+    [
+        ({"l2": L2Penalty(1e-3)}, True, DEFAULT_HYPER_EVERY),
+        ({"wd": WeightDecay(), "l2": L2Penalty(1e-3)}, True, DEFAULT_HYPER_EVERY),
+        ({"l2": L2Penalty(1e-3)}, False, 1),  # a method the user named: the paper's cadence
+        ({"wd": WeightDecay(), "lr": LearningRate()}, True, 1),
+        ({"momentum": Momentum(init=0.9)}, True, 1),
+    ],
+)
+def test_auto_cadence_is_four_for_the_first_order_default_only(hyperparameters, chosen, expected):
+    assert DEFAULT_HYPER_EVERY == 4
+    assert default_hyper_every(hyperparameters, chosen) == expected
 
 
 def test_the_reason_names_what_made_the_choice():
@@ -74,6 +91,27 @@ def test_auto_is_the_callbacks_default_and_resolves_at_fit_start():
     make_trainer([cb], max_steps=3).fit(Model())
     assert isinstance(cb.method, Clip) and cb.method.radius == 50.0
     assert isinstance(cb.engine.method, Clip)
+
+
+def test_auto_cadence_resolves_at_fit_start():
+    """The default callback on a regularizer draws g_V on every 4th step (λ moves after steps
+    4 and 8 of 9); a named method keeps one update per step."""
+    from conftest import Regression, make_trainer, regression_data
+    from torch.utils.data import DataLoader
+
+    def fit(**arguments):
+        train, val = regression_data()
+        model = Regression("l2", 0.05)
+        cb = OnlineHyperparamCallback(**arguments)
+        make_trainer([cb], 9).fit(model, DataLoader(train, batch_size=6), DataLoader(val, 48))
+        return cb
+
+    default = fit()
+    assert isinstance(default.method, FirstOrder) and default.plan.hyper_every == 4
+    assert default.engine.state.updates == 2
+    named = fit(method="first_order")
+    assert named.plan.hyper_every == 1 and named.engine.state.updates == 9
+    assert fit(hyper_every=3).engine.state.updates == 3
 
 
 def test_auto_is_not_a_method_outside_the_callback():
