@@ -219,9 +219,10 @@ class FitReport:
             if plan.method_chosen
             else ""
         )
+        cadence = f" (one in {plan.hyper_every} steps)" if plan.hyper_every > 1 else ""
         lines = [
             f"OnlineHyperparamCallback: {engine.state.steps} steps, {engine.state.updates} λ "
-            f"updates with {plan.method!r}{reason}"
+            f"updates{cadence} with {plan.method!r}{reason}"
         ]
         width = max(len(n) for n in final)
         nonfinite = dict(zip(engine.names, engine.nonfinite))

@@ -80,6 +80,15 @@ def test_the_summary_says_a_bound_was_hit_and_steps_were_skipped(lightning_info)
     assert float(model.l2.value) == 0.0
 
 
+def test_the_summary_gives_the_default_cadence_on_a_regularizer(lightning_info):
+    make_trainer([OnlineHyperparamCallback()], 9).fit(Regression("l2", 0.05), *loaders())
+    first = summary_of(lightning_info).splitlines()[0]
+    assert first.startswith(
+        "OnlineHyperparamCallback: 9 steps, 2 λ updates (one in 4 steps) with FirstOrder("
+    )
+    assert '("auto": regularizers only' in first
+
+
 def test_verbose_false_gives_no_summary(lightning_info):
     cb = OnlineHyperparamCallback(Clip(5.0, 1.0), verbose=False)
     make_trainer([cb], 3).fit(Regression("l2", 0.05), *loaders())
