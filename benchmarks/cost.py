@@ -14,7 +14,9 @@ validation loop off; the tuner still draws its validation batches, and its own w
 to 0 so that λ is updated at every measured step). A callback stamps the wall clock
 (``time.perf_counter()``) and this process's CPU time (``time.process_time()``) at each
 ``on_train_batch_start``; a fit's step time is the median difference after the ``warmup``
-first steps: everything a step costs (data, training step, tuner, logging). Configurations are
+first steps (for a ``hyper_every=k`` row, the median over windows of k steps of their mean:
+each window holds one λ update): everything a step costs (data, training step, tuner,
+logging). Configurations are
 interleaved in a fresh seeded random order in each of ``rounds`` rounds; the table gives the
 median over rounds of the step time, of its ratio to the plain fit and to the floor fit of the
 same round, and for a per-layer row of its ratio to the same method's one-λ fit of the same
@@ -95,6 +97,22 @@ MODEL_ROWS: dict[str, tuple[Row, ...]] = {
     "mlp": (*COST_ROWS, SMALL_GV_ROW, *PER_LAYER_ROWS),
     "lstm": COST_ROWS,
 }
+
+
+def row_cadence(row: Row) -> int:
+    """The steps per λ update of a row's fits: its ``hyper_every`` (the cost configs name
+    their method, so ``"auto"`` would be 1 there too)."""
+    every = row.callback_args.get("hyper_every", 1)
+    return every if isinstance(every, int) else 1
+
+
+def window_median(times: Sequence[float], k: int) -> float:
+    """The median over consecutive windows of k steps of their mean step time (k = 1: the
+    median step). Any k consecutive steps of a ``hyper_every=k`` fit hold exactly one λ update,
+    so a window's mean is the cost per step of its cadence; a median over single steps would
+    be that of the steps without one. Fewer than k steps (a smoke run): their mean."""
+    windows = [times[i : i + k] for i in range(0, len(times) - k + 1, k)] or [times]
+    return statistics.median(statistics.fmean(w) for w in windows)
 
 
 def one_lambda_label(label: str) -> str | None:
@@ -316,7 +334,9 @@ def run_cost(
                 record = {"key": f"{model}|time|{i}|{row.label}", "model": model, "round": i}
                 record["row"] = row.label
                 for c in CLOCKS:
-                    per_round[c][row.label] = statistics.median(timer.step_times(warmup, c))
+                    per_round[c][row.label] = window_median(
+                        timer.step_times(warmup, c), row_cadence(row)
+                    )
                     record[f"{c}_step_s"] = timer.step_times(warmup, c)
                 log.add(record)
             for c in CLOCKS:
@@ -417,7 +437,8 @@ def cost_markdown(summary: dict[str, Any]) -> str:
     for model, s in summary["models"].items():
         parts.append(
             f"### {model} ({s['device']})\n\nMedian over {s['rounds']} interleaved rounds of "
-            f"the median step time ({what}) over {s['steps']} steps (after {s['warmup']}); "
+            f"the median step time ({what}) over {s['steps']} steps (after {s['warmup']}; "
+            "a k=4 row: of the mean over windows of 4 steps); "
             f"parameters {s['param_mb']:.2f} MB; torch {summary['environment']['torch']}, "
             f"{summary['environment']['torch_threads']} thread(s)."
         )

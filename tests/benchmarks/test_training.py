@@ -382,3 +382,14 @@ def test_floor_draws_one_validation_gradient_per_step_and_leaves_training_alone(
     assert model.val_training == [False] * 5 and model.training
     for a, b in zip(plain.parameters(), model.parameters()):
         assert torch.equal(a, b) and torch.equal(a.grad, b.grad)  # the last step's own
+
+
+def test_a_cadence_rows_step_time_is_its_windows_mean():
+    """A hyper_every=4 fit: three cheap steps and one with g_V in every 4; the median single
+    step would be a cheap one, the window median is the cost per step of the cadence."""
+    from benchmarks.cost import row_cadence, window_median
+
+    times = [1.0, 1.0, 1.0, 5.0] * 4 + [9.0]  # a trailing partial window is dropped
+    assert window_median(times, 4) == 2.0
+    assert window_median([3.0, 1.0, 2.0], 1) == 2.0
+    assert [row_cadence(r) for r in COST_ROWS if r.label.startswith("Unroll1-gTgV")] == [1, 4]
