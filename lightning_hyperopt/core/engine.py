@@ -246,24 +246,29 @@ class TangentEngine:
         # first order carries no tangent: the step's direction is read only by the λ update
         # right after it, so a step followed by none needs no finite differences (replays)
         used = self.method.uses_tangent or self.hyper_update.will_update(state.steps + 1)
-        drift = self.terms.complete(
-            window.drift, len(self.hypers), state.steps, loss_scale, replay, used
-        )
-        if self.reduce is not None:
-            drift = self.reduce(drift)
         # the loss's finiteness stands for the step's (a pass over every gradient would cost
         # as much as a tangent step); a non-finite gradient shows in y's norm or in the next loss
         finite = window.loss_ok
         assert finite is not None
         if self.reduce is not None:  # every process takes the same decision
-            finite = self.reduce(finite.to(drift.dtype)) == 1.0
+            finite = self.reduce(finite.to(self.layout.dtype)) == 1.0
         step_ok, bad_step = self.guard.step_flags(finite, step_skipped)
         window.check_layouts(p.grad for p in self.params)  # before the first step
+        state.lr = self.settings.lr(0)  # η_t of group 0 (times its λ): α_t = c·η_t
+        if not used:  # first order, no λ update after this step: no one reads its direction
+            self.guard.counts.add_step(bad_step, None)
+            state.direction = None
+            state.step_ok = step_ok
+            state.steps += 1
+            return True
+        drift = self.terms.complete(
+            window.drift, len(self.hypers), state.steps, loss_scale, replay, used
+        )
+        if self.reduce is not None:
+            drift = self.reduce(drift)
         dots = self.settings.dots
         grad = self.layout.flatten(p.grad for p in self.params) if rule.reads_grad(dots) else None
         theta = self.layout.flatten(self.params) if rule.needs_theta(dots) else None
-        # η_t of group 0 (times its λ where one scales it): the paper rule's α_t = c·η_t
-        state.lr = self.settings.lr(0)
         carried = state.tangent if self.method.uses_tangent else None  # first order: y = 0
         new, delta, moments = rule.step(carried, drift, grad, theta, dots, self.settings.lr_scales)
         if new is not None:

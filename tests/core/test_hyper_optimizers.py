@@ -328,3 +328,26 @@ def test_adaptive_state_survives_a_checkpoint():
         fresh.hyper_update.optimizer.state_dict()["m"],
         engine.hyper_update.optimizer.state_dict()["m"],
     )
+
+
+def test_first_order_skips_the_steps_no_update_reads(monkeypatch):
+    """With FirstOrder and hyper_every=4, only the step before each λ update computes its
+    direction (the drift terms, the rule's step); λ is the same, bit for bit, as when every
+    step computes it."""
+    from lightning_hyperopt.core.hyper_update import HyperUpdate
+    from lightning_hyperopt.core.terms import DriftTerms
+
+    calls = []
+    complete = DriftTerms.complete
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return complete(self, *args, **kwargs)
+
+    monkeypatch.setattr(DriftTerms, "complete", counted)
+    skipped, engine = train(AdaptiveStep(), method=FirstOrder(), steps=12, hyper_every=4)
+    assert len(calls) == engine.state.updates == 3
+    monkeypatch.setattr(HyperUpdate, "will_update", lambda self, step: True)
+    computed, _ = train(AdaptiveStep(), method=FirstOrder(), steps=12, hyper_every=4)
+    assert len(calls) == 3 + 12
+    assert skipped == computed
