@@ -42,7 +42,8 @@ class OnlineHyperparamCallback(*callback_bases()):  # type: ignore[misc]
     """Tunes a LightningModule's hyperparameters online, during ``fit``:
 
         y ← P(dθ_{t+1}/dλ)  through the optimizer's update, ġ = H y + ∂g_T/∂λ
-        λ ← λ − α ⟨g_V, y⟩  after each optimizer step, g_V from a validation batch
+        λ ← λ − α ⟨g_V, y⟩  after each optimizer step (each k-th: ``hyper_every``), g_V from
+                            a validation batch
 
     for every hyperparameter λ: those the callback brings (``tune=``, ``adopt_dropout=``) and
     those the module declares (:class:`Hyperparameter` submodules). H y comes from the
