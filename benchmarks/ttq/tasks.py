@@ -181,6 +181,28 @@ PTB_SMOKE = {
     "trainer_args": {"limit_val_batches": 1.0},
 }
 L2_RANGE = (1e-5, 1e-1)
+#: the PTB tasks' model, data and training (ptb_keep's and ptb_lr_keep's): the LSTM LM, 2 × 100
+#: units, on the first 2% of the training text, SGD at lr 1 with a step decay and clipping
+PTB_LSTM: dict[str, Any] = {
+    "model": "lstm_lm",
+    "data": "ptb",
+    # 8.6 epochs of 93 steps: without dropout the model overfits after about 5
+    "steps": 800,
+    "val_every": 100,
+    "model_args": {
+        "hidden_size": 100,
+        "keep_prob": 0.5,
+        "lr": 1.0,
+        "lr_decay": 0.8,
+        "lr_decay_every": 200,
+    },
+    # 10 × 20 tokens per step: more updates per token than Zaremba's 20 × 35
+    "data_args": {"train_fraction": 0.02, "batch_size": 10, "bptt": 20, "eval_batch_size": 10},
+    # validation on the first 50 windows of 10 × 20 tokens (10,000 of the 73,760)
+    "trainer_args": {"gradient_clip_val": 5.0, "limit_val_batches": 50},
+    "loss_label": "cross-entropy per token",
+    "smoke": PTB_SMOKE,
+}
 WD_RANGE = (1e-4, 1e1)  # AdamW at lr 1e-3: 1e2 kills the network
 LAYERS = ("l2.0", "l2.1", "l2.2", "l2.3")
 #: 3 starts spanning 3 decades: 1e-5, 3.2e-4, 1e-2
@@ -309,35 +331,16 @@ TASKS: dict[str, Task] = {
             name="ptb_keep",
             description="PTB LSTM LM (2 × 100 units), the first 2% of the training text (18,600 "
             "tokens), one dropout keep probability, SGD with gradient clipping",
-            model="lstm_lm",
-            data="ptb",
             dims=(Dim("keep_prob", 0.1, 1.0, log=False),),
             grid=tuple({"keep_prob": v} for v in (0.1, 0.28, 0.46, 0.64, 0.82, 1.0)),
             starts=tuple({"keep_prob": v} for v in (0.3, 0.6, 0.9)),
-            # 8.6 epochs of 93 steps: without dropout the model overfits after about 5
-            steps=800,
-            val_every=100,
-            model_args={
-                "hidden_size": 100,
-                "keep_prob": 0.5,
-                "lr": 1.0,
-                "lr_decay": 0.8,
-                "lr_decay_every": 200,
-            },
-            # 10 × 20 tokens per step: more updates per token than Zaremba's 20 × 35
-            data_args={"train_fraction": 0.02, "batch_size": 10, "bptt": 20, "eval_batch_size": 10},
-            # validation on the first 50 windows of 10 × 20 tokens (10,000 of the 73,760)
-            trainer_args={"gradient_clip_val": 5.0, "limit_val_batches": 50},
-            loss_label="cross-entropy per token",
-            smoke=PTB_SMOKE,
+            **PTB_LSTM,
         ),
         Task(
             name="ptb_lr_keep",
             description="PTB LSTM LM (2 × 100 units), the first 2% of the training text, SGD with "
             "gradient clipping: the learning rate (a factor of lr 1, step decay ×0.8 every 200 "
             "steps) and one dropout keep probability",
-            model="lstm_lm",
-            data="ptb",
             # the starts' span: lr 0.1 to 31.6 (the grid spans 0.1 to 3.16)
             dims=(Dim(LR_SCALE, 0.1, 31.6227766), Dim("keep_prob", 0.3, 1.0, log=False)),
             # 4 learning rates (0.1 to 3.2, around Zaremba's 1) × 3 keep probabilities
@@ -350,19 +353,7 @@ TASKS: dict[str, Task] = {
                 lr=[{LR_SCALE: 0.1}, {LR_SCALE: 3.0}, {LR_SCALE: 30.0}],
                 keep=[{"keep_prob": 0.4}, {"keep_prob": 0.9}],
             ),
-            steps=800,
-            val_every=100,
-            model_args={
-                "hidden_size": 100,
-                "keep_prob": 0.5,
-                "lr": 1.0,
-                "lr_decay": 0.8,
-                "lr_decay_every": 200,
-            },
-            data_args={"train_fraction": 0.02, "batch_size": 10, "bptt": 20, "eval_batch_size": 10},
-            trainer_args={"gradient_clip_val": 5.0, "limit_val_batches": 50},
-            loss_label="cross-entropy per token",
-            smoke=PTB_SMOKE,
+            **PTB_LSTM,
             tuning_free=("prodigy", "schedulefree"),
         ),
     )
