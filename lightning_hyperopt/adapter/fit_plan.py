@@ -137,7 +137,7 @@ def plan_fit(
         hyper_optimizer=resolve_hyper_optimizer(arguments.hyper_optimizer, method),
         warmup_steps=arguments.warmup_steps,
         hyper_every=(
-            default_hyper_every(hyperparameters, arguments.method is None)
+            default_hyper_every(method, arguments.method is None)
             if arguments.hyper_every == "auto"
             else arguments.hyper_every
         ),

@@ -220,20 +220,18 @@ def default_method(hyperparameters: Mapping[str, Any]) -> HyperMethod:
 DEFAULT_HYPER_EVERY = 4
 
 
-def default_hyper_every(hyperparameters: Mapping[str, Any], method_chosen: bool) -> int:
-    """The cadence ``hyper_every="auto"`` picks:
+def default_hyper_every(method: HyperMethod, method_chosen: bool) -> int:
+    """The cadence ``hyper_every="auto"`` picks for the fit's resolved ``method``:
 
         k = 4  where ``"auto"`` chose the method and it is ``FirstOrder`` (regularizers only),
-        k = 1  otherwise (a method the user named, or a learning rate or momentum tuned).
+        k = 1  otherwise (a method the user named, or Clip for a learning rate or momentum).
 
     With the adaptive hyper step each update stands for the k update points it replaces (its
     window), so λ keeps its pace per step while g_V is drawn once in k steps. k = 4 held every
     start of the four regularization tasks within 2% of the grid's best and cut the tuned run's
     cost; the measurements are on the results page (docs/results.md, time to quality). A named
     method keeps the paper's cadence, one λ update per step."""
-    if method_chosen and not any(h.short_horizon_bias for h in hyperparameters.values()):
-        return DEFAULT_HYPER_EVERY
-    return 1
+    return DEFAULT_HYPER_EVERY if method_chosen and isinstance(method, FirstOrder) else 1
 
 
 def default_method_reason(hyperparameters: Mapping[str, Any]) -> str:

@@ -51,7 +51,7 @@ def test_auto_is_clip_for_a_learning_rate_or_momentum(hyperparameters, expected)
 )
 def test_auto_cadence_is_four_for_the_first_order_default_only(hyperparameters, chosen, expected):
     assert DEFAULT_HYPER_EVERY == 4
-    assert default_hyper_every(hyperparameters, chosen) == expected
+    assert default_hyper_every(default_method(hyperparameters), chosen) == expected
 
 
 def test_the_reason_names_what_made_the_choice():
