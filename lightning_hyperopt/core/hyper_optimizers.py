@@ -165,8 +165,8 @@ class AdaptiveStep(HyperOptimizer):
         self._window = check_integer("window", window, 1)
 
     def step(self, u: Tensor, grad: Tensor, alpha: float, rows: Tensor) -> Tensor:
-        w = self._window
-        beta1, beta2 = (b**w for b in self.betas) if w > 1 else self.betas
+        w = self._window  # w = 1: the single update (every factor below is exact then)
+        beta1, beta2 = (b**w for b in self.betas)
         if self._m is None or self._v is None or self._count is None:
             self._m, self._v = torch.zeros_like(u), torch.zeros_like(u)
             self._count = torch.zeros_like(u)
@@ -180,10 +180,8 @@ class AdaptiveStep(HyperOptimizer):
         safe = updates.clamp_min(1.0)
         m_hat = m / (1.0 - beta1**safe)
         v_hat = v / (1.0 - beta2**safe)
-        if w == 1:
-            rate, cap = self._rate(updates), self.max_step
-        else:  # the window's w update points, at the rate of its middle one
-            rate, cap = w * self._rate((updates - 1.0) * w + (w + 1) / 2), w * self.max_step
+        # the window's w update points, at the rate of its middle one
+        rate, cap = w * self._rate((updates - 1.0) * w + (w + 1) / 2), w * self.max_step
         move = (rate * m_hat / (v_hat.sqrt() + self.eps)).clamp(-cap, cap)
         return u - torch.where(rows, move, 0.0)
 
