@@ -38,6 +38,7 @@ from torch import Tensor
 
 from lightning_hyperopt.core.arguments import check_integer, check_scalar_loss
 from lightning_hyperopt.core.autograd_limits import named_limits
+from lightning_hyperopt.core.averaging import IterateAverage
 from lightning_hyperopt.core.engine_state import EngineState
 from lightning_hyperopt.core.hyper_optimizers import HyperOptimizer, resolve_hyper_optimizer
 from lightning_hyperopt.core.hyper_update import HyperUpdate
@@ -129,6 +130,13 @@ class TangentEngine:
         self.state = EngineState(len(self.hypers), layout.numel, layout.dtype, layout.device, lr)
         self.sync_free = layout.device.type != "cpu" if sync_free is None else bool(sync_free)
         self.guard = FiniteGuard(len(self.hypers), layout.device, self.sync_free)
+        self.average = (
+            None
+            if method.average is None
+            else IterateAverage(
+                method.average, len(self.hypers), layout.numel, layout.dtype, layout.device
+            )
+        )
         self._hvp = False
         self.write_to_optimizer()
         self.attach()
@@ -244,8 +252,13 @@ class TangentEngine:
         if not pending:
             return False
         # first order carries no tangent: the step's direction is read only by the λ update
-        # right after it, so a step followed by none needs no finite differences (replays)
-        used = self.method.uses_tangent or self.hyper_update.will_update(state.steps + 1)
+        # right after it (or by the average of directions), so a step followed by none needs
+        # no finite differences (replays)
+        used = (
+            self.method.uses_tangent
+            or self.average is not None
+            or self.hyper_update.will_update(state.steps + 1)
+        )
         # the loss's finiteness stands for the step's (a pass over every gradient would cost
         # as much as a tangent step); a non-finite gradient shows in y's norm or in the next loss
         finite = window.loss_ok
@@ -296,22 +309,39 @@ class TangentEngine:
         order: −⟨g_V, δ_j⟩) by the hyper step's rule, inside its bounds; returns whether it did.
 
         ``validation_loss()`` is L_V(θ) with a graph to the parameters. A non-finite h_j (or new
-        λ_j) leaves λ_j as it was, resets y_j and is counted; after a skipped step no λ moves."""
+        λ_j) leaves λ_j as it was, resets y_j and is counted; after a skipped step no λ moves.
+
+        With a method's ``average=β`` every call first averages θ_{t+1} and y_{t+1} in, and g_V
+        is taken at θ̄ (θ is swapped back, bit for bit): h_j = ⟨g_V(θ̄), ȳ_j⟩."""
+        state, average = self.state, self.average
+        if average is not None:
+            rows = state.tangent if self.method.uses_tangent else state.direction
+            theta = self.layout.flatten(self.params)
+            average.observe(theta, state.tangent if rows is None else rows)
         if not self.should_update():
             return False
-        state = self.state
-        with not_recorded():
-            loss = check_scalar_loss("validation_loss must return", validation_loss())
-        with named_limits("validation_loss, differentiated for g_V"):
-            grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        at_average = (
+            contextlib.nullcontext()
+            if average is None
+            else average.swapped_in(self.params, self.layout.split(average.theta))
+        )
+        with at_average:
+            with not_recorded():
+                loss = check_scalar_loss("validation_loss must return", validation_loss())
+            with named_limits("validation_loss, differentiated for g_V"):
+                grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         g_val = self.layout.flatten(grads).to(state.tangent.dtype)
-        hypergradient = state.hypergradient(g_val, self.method.uses_tangent)
+        hypergradient = state.hypergradient(
+            g_val, self.method.uses_tangent, None if average is None else average.tangent
+        )
         if self.reduce is not None:
             hypergradient = self.reduce(hypergradient)
         state.hypergradients = hypergradient.detach()
         with torch.no_grad():
             values = torch.stack([h.value for h in self.hypers])
             new, rows = self.hyper_update.move(values, hypergradient, state.lr, state.step_ok)
+            if average is not None:  # a y_j that starts again from 0: so does its average
+                average.reset_rows(torch.isfinite(new) & rows | ~state.step_ok)
             new, state.tangent = self.guard.lambda_step(
                 values, new, rows, state.step_ok, state.tangent
             )
@@ -350,6 +380,7 @@ class TangentEngine:
             "nonfinite": self.nonfinite,
             "optimizer_tangents": self.rule.state_dict(),
             **self.hyper_update.state_dict(),
+            **({} if self.average is None else {"average": self.average.state_dict()}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -364,6 +395,8 @@ class TangentEngine:
         self.rule.load_state_dict(state["optimizer_tangents"], self.state.tangent)
         self.state.load_state_dict(state)
         self.guard.counts.load([int(n) for n in state["nonfinite"]])
+        if self.average is not None and "average" in state:
+            self.average.load_state_dict(state["average"])
         self.hyper_update.load_state_dict(
             {
                 "update_points": state.get("update_points", self.state.updates),

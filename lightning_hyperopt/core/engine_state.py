@@ -61,8 +61,14 @@ class EngineState:
             rule.scale(method.discount)
         return method.uses_tangent and not reset
 
-    def hypergradient(self, g_val: Tensor, uses_tangent: bool) -> Tensor:
-        """h = ⟨g_V, y_j⟩ per row; first order: −⟨g_V, δ_j⟩ (y itself before a first step)."""
+    def hypergradient(
+        self, g_val: Tensor, uses_tangent: bool, averaged: Tensor | None = None
+    ) -> Tensor:
+        """h = ⟨g_V, y_j⟩ per row; first order: −⟨g_V, δ_j⟩ (y itself before a first step);
+        ``averaged``: the rows ȳ (or δ̄) of the averaged iterate in place of y (or δ)."""
+        if averaged is not None:
+            h = torch.mv(averaged, g_val)
+            return h if uses_tangent else h.neg_()
         if uses_tangent:
             return torch.mv(self.tangent, g_val)
         direction = self.direction if self.direction is not None else self.tangent

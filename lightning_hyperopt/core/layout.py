@@ -58,6 +58,10 @@ class FlatLayout:
         ]
         return torch.cat(parts) if len(parts) > 1 else parts[0].clone()
 
+    def split(self, flat: Tensor) -> list[Tensor]:
+        """Views of a vector (N,), one with each parameter's shape (writes go through)."""
+        return [flat[s].view(p.shape) for s, p in zip(self.spans, self.params)]
+
     def views(self, flat: Tensor) -> list[Tensor]:
         """Views of a (m, N) matrix, one (m, *p.shape) per parameter (writes go through)."""
         return [flat[:, s].view(flat.shape[0], *p.shape) for s, p in zip(self.spans, self.params)]

@@ -32,6 +32,20 @@ class HyperMethod:
     #: μ: the carried tangent (and the optimizer-state tangents) are multiplied by μ before each
     #: step, y_{t+1} = μ A_t y_t + B_t (1: the exact recurrence)
     discount: float = 1.0
+    #: β: the hypergradient at the averaged iterate, h = ⟨g_V(θ̄), ȳ⟩ with θ̄ and ȳ the
+    #: β-weighted averages of θ and y (:mod:`~lightning_hyperopt.core.averaging`); None: at θ_{t+1}
+    average: float | None = None
+
+    def _set_average(self, value: float | None) -> None:
+        if value is None:  # the class's None: the method's repr stays as it was
+            return
+        value = float(value)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(
+                f"average={value!r} must be in [0, 1) (β, the averaged iterate's decay: a "
+                "horizon of about 1/(1 − β) steps), or None (the hypergradient at θ_{t+1})"
+            )
+        self.average = value
 
     def resets_at(self, step: int) -> bool:
         """Whether y is reset to 0 before the tangent step of step ``step``."""
@@ -89,9 +103,17 @@ class Clip(HyperMethod):
         radius: r > 0.
         hyper_lr_scale: c, the paper rule's hyper step relative to the parameter learning
             rate (0.1 when not given; giving it selects that rule, see :class:`PaperStep`).
+        average: β in [0, 1): the hypergradient at the averaged iterate, ⟨g_V(θ̄), ȳ⟩
+            (θ̄, ȳ: β-weighted averages of θ and y over about 1/(1 − β) steps); ``None``: at
+            θ_{t+1}.
     """
 
-    def __init__(self, radius: float = 5.0, hyper_lr_scale: float | None = None) -> None:
+    def __init__(
+        self,
+        radius: float = 5.0,
+        hyper_lr_scale: float | None = None,
+        average: float | None = None,
+    ) -> None:
         radius = float(radius)
         if not (radius > 0 and math.isfinite(radius)):
             raise ValueError(
@@ -99,6 +121,7 @@ class Clip(HyperMethod):
             )
         self.radius = radius
         self._set_paper_step(hyper_lr_scale)
+        self._set_average(average)
 
     def project(
         self, tangent: Sequence[Tensor], batch_dim: int | None = None
@@ -113,10 +136,14 @@ class Exact(HyperMethod):
     Args:
         hyper_lr_scale: c, the paper rule's hyper step relative to the parameter learning
             rate (0.1 when not given; giving it selects that rule, see :class:`PaperStep`).
+        average: β in [0, 1): the hypergradient at the averaged iterate, ⟨g_V(θ̄), ȳ⟩
+            (θ̄, ȳ: β-weighted averages of θ and y over about 1/(1 − β) steps); ``None``: at
+            θ_{t+1}.
     """
 
-    def __init__(self, hyper_lr_scale: float | None = None) -> None:
+    def __init__(self, hyper_lr_scale: float | None = None, average: float | None = None) -> None:
         self._set_paper_step(hyper_lr_scale)
+        self._set_average(average)
 
 
 class Unroll(HyperMethod):
@@ -152,14 +179,20 @@ class Discount(HyperMethod):
         mu: μ in [0, 1].
         hyper_lr_scale: c, the paper rule's hyper step relative to the parameter learning
             rate (0.1 when not given; giving it selects that rule, see :class:`PaperStep`).
+        average: β in [0, 1): the hypergradient at the averaged iterate, ⟨g_V(θ̄), ȳ⟩
+            (θ̄, ȳ: β-weighted averages of θ and y over about 1/(1 − β) steps); ``None``: at
+            θ_{t+1}.
     """
 
-    def __init__(self, mu: float = 0.99, hyper_lr_scale: float | None = None) -> None:
+    def __init__(
+        self, mu: float = 0.99, hyper_lr_scale: float | None = None, average: float | None = None
+    ) -> None:
         mu = float(mu)
         if not 0.0 <= mu <= 1.0:
             raise ValueError(f"mu={mu!r} must be in [0, 1]")
         self.discount = mu
         self._set_paper_step(hyper_lr_scale)
+        self._set_average(average)
 
 
 class FirstOrder(HyperMethod):
@@ -174,6 +207,9 @@ class FirstOrder(HyperMethod):
     Args:
         hyper_lr: α, the paper rule's constant hyper step (1e-3 when not given; giving it
             selects that rule, see :class:`PaperStep`).
+        average: β in [0, 1): the hypergradient at the averaged iterate, −⟨g_V(θ̄), δ̄⟩
+            (θ̄, δ̄: β-weighted averages of θ and δ over about 1/(1 − β) steps; δ is then
+            computed at every step); ``None``: at θ_{t+1}.
     """
 
     uses_tangent = False
@@ -181,8 +217,9 @@ class FirstOrder(HyperMethod):
     paper_step_follows_lr = False
     _paper_step_arg = "hyper_lr"
 
-    def __init__(self, hyper_lr: float | None = None) -> None:
+    def __init__(self, hyper_lr: float | None = None, average: float | None = None) -> None:
         self._set_paper_step(hyper_lr)
+        self._set_average(average)
 
     def resets_at(self, step: int) -> bool:
         return True  # no tangent is carried from one step to the next

@@ -238,6 +238,27 @@ def test_the_schedule_is_left_alone_and_lambda_moves():
     assert effective == pytest.approx(values[-1] * lrs[0], rel=1e-12)
 
 
+def test_the_averaged_iterate_through_a_trainer_leaves_theta_alone():
+    """Clip(average=β) in a Lightning fit: g_V is taken at θ̄ on every step, θ is swapped back
+    bit for bit (with λ fixed the fit's θ is the plain-torch run's), θ̄ averaged every step."""
+    from lightning_hyperopt import Clip
+
+    def build():
+        return Tunable(
+            "adamw", "step", {"lr_scale": LearningRate(init=1.5), "wd": WeightDecay(init=0.02)}
+        )
+
+    model = build()
+    cb, _, _ = fit(model, Clip(50.0, hyper_lr_scale=0.0, average=0.9), 25)
+    engine = cb.engine
+    assert engine.state.updates == 25 and engine.average.count == 25
+    theta = flat(model.parameters())
+    assert torch.equal(theta, plain_training(build(), 25))
+    assert not torch.allclose(engine.average.theta, theta)
+    assert torch.isfinite(engine.state.hypergradients).all()
+    assert (engine.average.tangent != 0).any()
+
+
 def test_resume_from_an_epoch_end_checkpoint_follows_the_same_lambda_trajectory(tmp_path):
     from conftest import Recorder, make_trainer, pl
     from torch.utils.data import DataLoader
