@@ -124,6 +124,7 @@ class TangentEngine:
             resolve_hyper_optimizer(hyper_optimizer, method),
             warmup_steps,
             hyper_every,
+            optimizer,
         )
         layout = self.layout
         lr = float(optimizer.param_groups[0]["lr"])

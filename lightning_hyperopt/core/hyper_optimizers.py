@@ -41,6 +41,7 @@ __all__ = [
 
 Space = Literal["identity", "log", "logit"]
 HyperOptimizerName = Literal["paper", "adaptive"]
+Coordinates = Literal["own", "applied_decay"]
 
 
 class HyperOptimizer:
@@ -52,6 +53,10 @@ class HyperOptimizer:
     #: the natural one of its kind (log for penalties and weight decay, the probability itself
     #: for keep probabilities; see :meth:`Hyperparameter.natural_space`)
     space: Literal["declared", "natural"] = "declared"
+    #: the rows' coordinates: each its own (``"own"``), or a weight decay tuned beside the
+    #: learning rate that scales it as the applied decay log(λ_lr·λ_wd) (``"applied_decay"``,
+    #: :mod:`~lightning_hyperopt.core.coordinates`)
+    coordinates: Coordinates = "own"
 
     def step(self, u: Tensor, grad: Tensor, alpha: float, rows: Tensor) -> Tensor:
         raise NotImplementedError
@@ -124,6 +129,10 @@ class AdaptiveStep(HyperOptimizer):
         eps: ε, relative to nothing: keep it far below any |g_u| (float64 λ).
         initial_lr: ρ₀, the step of the first update (``None``: ρ throughout).
         decay_updates: K, the updates over which ρ₀ decays to ρ (0: ρ throughout).
+        coordinates: ``"own"``: each row in its natural space; ``"applied_decay"``: a
+            ``WeightDecay`` tuned beside the ``LearningRate`` of the same param groups (SGD,
+            AdamW) moves as log(λ_lr·λ_wd), the decay the optimizer applies, and the learning
+            rate's row at a fixed applied decay (:mod:`~lightning_hyperopt.core.coordinates`).
     """
 
     space = "natural"
@@ -136,8 +145,16 @@ class AdaptiveStep(HyperOptimizer):
         eps: float = 1e-30,
         initial_lr: float | None = 0.3,
         decay_updates: int = 200,
+        coordinates: Coordinates = "own",
     ) -> None:
         self.lr = check_positive("lr", lr)
+        if coordinates not in ("own", "applied_decay"):
+            raise ValueError(
+                f"coordinates={coordinates!r} is not supported; accepted values: 'own', "
+                "'applied_decay'"
+            )
+        if coordinates != "own":  # the class's default: the repr stays as it was
+            self.coordinates = coordinates
         self.initial_lr = None if initial_lr is None else check_positive("initial_lr", initial_lr)
         self.decay_updates = check_integer("decay_updates", decay_updates, 0)
         self.max_step = check_positive("max_step", max_step)

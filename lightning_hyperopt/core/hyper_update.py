@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_hyperopt.core.coordinates import DecayCoordinates, applied_decay_pairs
 from lightning_hyperopt.core.functional import from_space, space_slope, to_space
 from lightning_hyperopt.core.hyper_optimizers import HyperOptimizer, space_masks
 from lightning_hyperopt.core.hyperparameters.base import Hyperparameter
@@ -39,6 +40,8 @@ class HyperUpdate:
         hyper_every: k ≥ 1: update λ on every k-th update point only, each update standing for
             the k points (the paper rule's step times k; the adaptive rule's window).
         like: a tensor with the device and dtype of λ.
+        pairs: (learning-rate row, weight-decay row) pairs stepped in the applied-decay
+            coordinates (:class:`~lightning_hyperopt.core.coordinates.DecayCoordinates`).
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class HyperUpdate:
         warmup_steps: int = 0,
         hyper_every: int = 1,
         like: Tensor | None = None,
+        pairs: Sequence[tuple[int, int]] = (),
     ) -> None:
         self.method = method
         self.warmup_steps, self.hyper_every = warmup_steps, hyper_every
@@ -59,6 +63,7 @@ class HyperUpdate:
         self.spaces = space_masks(spaces, like.device)  # type: ignore[arg-type]
         bounds_ = torch.tensor(list(bounds), dtype=like.dtype, device=like.device)
         self.low, self.high = bounds_[:, 0], bounds_[:, 1]
+        self.coordinates = DecayCoordinates(pairs, like) if pairs else None
         self.update_points = 0  # steps after the warm-up at which the method updates λ
         self._counted_point = -1
 
@@ -71,10 +76,12 @@ class HyperUpdate:
         hyper_optimizer: HyperOptimizer,
         warmup_steps: int = 0,
         hyper_every: int = 1,
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> HyperUpdate:
         """The λ update of these hyperparameters: their declared spaces for the paper's rule,
         their natural ones for the adaptive rule; a λ that cannot move in its space (0 in log
-        space) is an error."""
+        space) is an error. With a hyper optimizer's ``coordinates="applied_decay"``, the weight
+        decays ``optimizer`` applies through a tuned learning rate are paired with it."""
         natural = hyper_optimizer.space == "natural"
         spaces = [h.natural_space if natural else h.parameterization for h in hypers]
         for name, h, space in zip(names, hypers, spaces):
@@ -91,7 +98,14 @@ class HyperUpdate:
                 )
         bounds = [h.bounds for h in hypers]
         like = hypers[0].value
-        update = cls(method, spaces, bounds, hyper_optimizer, warmup_steps, hyper_every, like)
+        pairs = (
+            applied_decay_pairs(hypers, spaces, optimizer)
+            if hyper_optimizer.coordinates == "applied_decay"
+            else []
+        )
+        update = cls(
+            method, spaces, bounds, hyper_optimizer, warmup_steps, hyper_every, like, pairs
+        )
         update.optimizer.bind(fast_start_rows(hypers), like, window=hyper_every)
         return update
 
@@ -132,9 +146,14 @@ class HyperUpdate:
         method's step at learning rate ``lr``, times ``hyper_every``."""
         log, logit = self.spaces
         grad = hypergradient.to(values.dtype) * space_slope(values, log, logit)
+        u = to_space(values, log, logit)
+        if self.coordinates is not None:
+            u, grad = self.coordinates.to_applied(u, grad)
         rows = torch.isfinite(grad) & step_ok
         alpha = self.method.alpha(lr) * self.hyper_every
-        u = self.optimizer.step(to_space(values, log, logit), grad, alpha, rows)
+        u = self.optimizer.step(u, grad, alpha, rows)
+        if self.coordinates is not None:
+            u = self.coordinates.from_applied(u)  # g'_i finite implies g'_j finite: rows hold
         new = torch.minimum(torch.maximum(from_space(u, log, logit), self.low), self.high)
         return new, rows
 
