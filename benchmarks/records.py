@@ -47,6 +47,20 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def restored(value: Any) -> Any:
+    """:func:`jsonable`'s inverse for the non-finite floats it kept as strings."""
+    if isinstance(value, dict):
+        return {k: restored(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [restored(v) for v in value]
+    if isinstance(value, str) and value in NON_FINITE:
+        return NON_FINITE[value]
+    return value
+
+
 class RunLog:
     """``runs.jsonl`` in ``out``: one JSON record per line, appended as each run finishes.
 
@@ -59,7 +73,8 @@ class RunLog:
         self.path = out / "runs.jsonl"
         self.records: list[dict[str, Any]] = []
         if resume and self.path.exists():
-            self.records = [json.loads(line) for line in self.path.read_text().splitlines()]
+            lines = self.path.read_text().splitlines()
+            self.records = [restored(json.loads(line)) for line in lines]
         else:
             self.path.write_text("")
 
@@ -69,7 +84,7 @@ class RunLog:
 
     def add(self, record: Mapping[str, Any]) -> None:
         record = jsonable(record)
-        self.records.append(record)
+        self.records.append(restored(record))
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 

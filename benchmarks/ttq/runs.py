@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from lightning_hyperopt.core.hyper_optimizers import resolve_hyper_optimizer
+from lightning_hyperopt.core.nonfinite import NonFiniteTrainingError
 
 from ..clocks import Clock
 from ..recorder import hyperparameter_values, recorder_class
@@ -209,8 +210,9 @@ def fit_run(
     """One fit of ``system`` at ``point`` (the fixed values, or the online start), then its test
     loss at the best-validation weights if its best validation loss is below ``test_below``
     (else ``None``; clock paused). Returns the run's record (not yet logged); ``state`` is
-    "complete", "cut" (stopped at the budget) or "pruned" (the fit raised one of ``pruned``, as
-    Optuna's pruning callback does)."""
+    "complete", "cut" (stopped at the budget), "pruned" (the fit raised one of ``pruned``, as
+    Optuna's pruning callback does) or "diverged" (an online run the tuner stopped after
+    non-finite losses: its record holds what it reached before)."""
     L = lightning_pytorch()
     Loaders = _loaders_class()
     Recorder = recorder_class("lightning.pytorch")
@@ -244,17 +246,27 @@ def fit_run(
     settings.update(task.trainer_args)
     trainer = L.Trainer(callbacks=callbacks, **settings)
     data = online_datamodule(ctx.datamodule, ctx.online_data_args) if online else ctx.datamodule
-    was_pruned = False
+    was_pruned = diverged = False
     try:
         trainer.fit(model, datamodule=Loaders(data, seed))
     except pruned:  # raised in a validation hook, after the recorder's
         was_pruned = True
+    except NonFiniteTrainingError:  # the tuner stopped a run whose loss stayed non-finite
+        if not online:
+            raise
+        diverged = True
     end = clock.read()
     val = recorder.val
     if not val["step"]:
         raise RuntimeError(f"{task.name}/{system}: the run ended before its first validation")
     with clock.paused():
-        state = "pruned" if was_pruned else ("cut" if recorder.cut else "complete")
+        state = (
+            "pruned"
+            if was_pruned
+            else "diverged"
+            if diverged
+            else ("cut" if recorder.cut else "complete")
+        )
         record = {
             "key": run_key(task.name, system, index, seed),
             "task": task.name,

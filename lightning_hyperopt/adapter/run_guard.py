@@ -15,6 +15,7 @@ from lightning_utilities.core.rank_zero import rank_zero_warn
 
 from lightning_hyperopt._lightning import Trainer
 from lightning_hyperopt.core.engine import TangentEngine
+from lightning_hyperopt.core.nonfinite import NonFiniteTrainingError
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class RunGuard:
             now, longest, counted, engine.state.steps, self.max_nonfinite_steps, self.warned
         )
         if decision.stop is not None:
-            raise RuntimeError(decision.stop)
+            raise NonFiniteTrainingError(decision.stop)
         if decision.warn is not None:
             self.warned = True
             rank_zero_warn(decision.warn)

@@ -22,6 +22,7 @@ from lightning_hyperopt.core.methods import (
     Unroll,
     resolve_method,
 )
+from lightning_hyperopt.core.nonfinite import NonFiniteTrainingError
 
 __all__ = [
     "METHODS",
@@ -37,6 +38,7 @@ __all__ = [
     "L2Penalty",
     "LearningRate",
     "Momentum",
+    "NonFiniteTrainingError",
     "OptimizerSetting",
     "PaperStep",
     "TangentEngine",

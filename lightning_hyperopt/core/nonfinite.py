@@ -16,6 +16,11 @@ import torch
 from torch import Tensor
 
 
+class NonFiniteTrainingError(RuntimeError):
+    """Training stopped: too many training steps in a row had a non-finite loss (the weights
+    are likely not finite any more). A ``RuntimeError``, so code that caught that still does."""
+
+
 class NonFiniteCounts:
     """Per hyperparameter, the skipped steps, tangents and hypergradients; the current run of
     non-finite training steps and its longest length since the last :meth:`report`. Device

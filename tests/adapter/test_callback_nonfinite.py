@@ -9,7 +9,7 @@ import torch
 from conftest import Recorder, Regression, fit, make_trainer, pl, regression_data
 from torch.utils.data import DataLoader
 
-from lightning_hyperopt import Clip, OnlineHyperparamCallback
+from lightning_hyperopt import Clip, NonFiniteTrainingError, OnlineHyperparamCallback
 
 
 class NaNFrom(Regression):
@@ -45,7 +45,9 @@ def test_nan_loss_stops_the_run_and_an_earlier_checkpoint_resumes(tmp_path):
     model = NaNFrom(bad_from=50)
     with (
         pytest.warns(UserWarning, match=r"non-finite values at step \d+"),
-        pytest.raises(RuntimeError, match=r"1\d training steps in a row had a non-finite loss"),
+        pytest.raises(
+            NonFiniteTrainingError, match=r"1\d training steps in a row had a non-finite loss"
+        ),
     ):
         trainer.fit(model, *loaders())
     lam = [v[0] for v in recorder.values]

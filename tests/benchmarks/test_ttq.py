@@ -463,3 +463,15 @@ def test_a_missing_tuning_free_package_and_an_unknown_system_are_named(monkeypat
     model = build_model(task, task.middle(), 0, None)
     with pytest.raises(SettingError, match=r"'adam' is not tuning-free; accepted: \['prodigy'"):
         use_tuning_free(model, "adam", steps=6)
+
+
+def test_an_online_run_the_tuner_stops_is_recorded_as_diverged(tmp_path, data):
+    """A learning rate that overflows the loss: the tuner stops the fit (NonFiniteTrainingError)
+    and the pass records the run as diverged instead of ending."""
+    out = tmp_path / "d"
+    args = ["ttq", "--out", str(out), "--smoke", "--no-progress", "--task", "mnist_adamw"]
+    args += ["--systems", "online", "--seeds", "0", "--steps", "40", "--val-every", "2", *data]
+    args += ["--online-args", '{"max_nonfinite_steps": 1}', "--online-model-args", '{"lr": 1e30}']
+    main(args)
+    runs = records(out)
+    assert runs and [r["state"] for r in runs] == ["diverged"] * len(runs)
