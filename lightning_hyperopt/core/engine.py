@@ -12,6 +12,7 @@ Framework-free: the Lightning callback and the benchmarks drive the same engine.
     optimizer.step()  θ_{t+1} (the caller's; inside :meth:`TangentEngine.scaled_learning_rates`
                       when a learning rate is tuned)
     update(val_loss)  after it: λ ← λ − α_t ⟨g_V(θ_{t+1}), y_{t+1}⟩ when the method says so
+                      (a method's ``average=β``: ⟨g_V(θ̄), ȳ⟩ at the averaged iterate)
 
 The tangents of all m hyperparameters are the rows of one matrix (m, N) over the parameters laid
 end to end, so projections, inner products and optimizer tangents are a few vector operations
@@ -21,7 +22,8 @@ each kind of hyperparameter (:mod:`lightning_hyperopt.core.terms`), the optimize
 (:mod:`lightning_hyperopt.core.optim`), the param-group settings λ sets
 (:mod:`lightning_hyperopt.core.settings`), the non-finite guard
 (:mod:`lightning_hyperopt.core.nonfinite`), the λ update
-(:class:`~lightning_hyperopt.core.hyper_update.HyperUpdate`) and its own carried state
+(:class:`~lightning_hyperopt.core.hyper_update.HyperUpdate`), the averaged iterate
+(:class:`~lightning_hyperopt.core.averaging.IterateAverage`) and its own carried state
 (:class:`~lightning_hyperopt.core.engine_state.EngineState`). Nothing here reads a device value
 back to the host: a non-finite loss, gradient, tangent or hypergradient is masked out on the
 device and counted (:meth:`TangentEngine.nonfinite_report` reads the counts when asked).

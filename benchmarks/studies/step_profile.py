@@ -1,0 +1,170 @@
+"""Where a tuned step's time goes, outside Lightning: the engine's own bookkeeping (``advance``
+before the optimizer step, ``update`` after it) against the training step's forward/backward,
+on the MNIST MLP's shape (784-100-100-100-10, batches of 100, random data: the work, not the
+result, is measured).
+
+Per configuration: the median CPU seconds per step of each phase over ``steps`` steps (after
+``warmup``), and under ``torch.profiler`` the number of torch operator calls each phase makes
+per step (operators called by other operators included) — the count a fused step lowers
+whatever the machine's noise. One thread.
+
+    python -m benchmarks step-profile [--steps 200] [--hypers 1|4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_hyperopt.core import FirstOrder, L2Penalty, LearningRate, TangentEngine, WeightDecay
+from lightning_hyperopt.core.methods import HyperMethod
+
+PHASES = ("forward+backward", "advance", "optimizer.step", "update")
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(),
+        nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10),
+    )  # fmt: skip
+
+
+def configurations() -> dict[str, dict[str, Any]]:
+    """Name → (method, hyperparameters builder, optimizer, hyper_every)."""
+    return {
+        "FirstOrder, 1 L2, k=4 (the default)": dict(
+            method=FirstOrder, hypers="l2", optimizer="sgd", every=4
+        ),
+        "FirstOrder, 1 L2, k=1": dict(method=FirstOrder, hypers="l2", optimizer="sgd", every=1),
+        "FirstOrder, 4 L2, k=1": dict(method=FirstOrder, hypers="l2x4", optimizer="sgd", every=1),
+        "FirstOrder, AdamW lr + wd, k=1": dict(
+            method=FirstOrder, hypers="lr_wd", optimizer="adamw", every=1
+        ),
+    }
+
+
+def _setup(config: dict[str, Any]) -> tuple[nn.Module, Any, TangentEngine, Callable]:
+    net = _mlp()
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    if config["optimizer"] == "adamw":
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    else:
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    kind = config["hypers"]
+    if kind == "l2":
+        hypers: dict[str, Any] = {"l2": L2Penalty(1e-4)}
+    elif kind == "l2x4":
+        hypers = {f"l2.{i}": L2Penalty(1e-4) for i in range(4)}
+    else:
+        hypers = {"lr": LearningRate(), "wd": WeightDecay(init=1e-2)}
+    penalties = {n: h for n, h in hypers.items() if isinstance(h, L2Penalty)}
+    method: HyperMethod = config["method"]()
+    engine = TangentEngine(method, hypers, opt, hyper_every=config["every"])
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        value = nn.functional.cross_entropy(net(x), y)
+        if len(penalties) == 1:
+            value = value + next(iter(penalties.values()))(list(net.parameters()))
+        else:
+            for lin, h in zip(linears, penalties.values()):
+                value = value + h([lin.weight])
+        return value
+
+    return net, opt, engine, loss
+
+
+def profile(config: dict[str, Any], steps: int, warmup: int) -> dict[str, Any]:
+    """Median CPU seconds per step of each phase, and operator calls per step of each."""
+    net, opt, engine, loss = _setup(config)
+    g = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randn(100, 784, generator=g), torch.randint(0, 10, (100,), generator=g))
+        for _ in range(8)
+    ]
+    xv, yv = batches[-1]
+    times: dict[str, list[float]] = {p: [] for p in PHASES}
+
+    def step(t: int, record: bool) -> None:
+        x, y = batches[t % 7]
+        marks = [time.process_time()]
+        opt.zero_grad()
+        engine.track(True)
+        engine.backward(loss(x, y))
+        marks.append(time.process_time())
+        engine.advance()
+        engine.track(False)
+        marks.append(time.process_time())
+        with engine.scaled_learning_rates():
+            opt.step()
+        marks.append(time.process_time())
+        engine.update(lambda: nn.functional.cross_entropy(net(xv), yv))
+        marks.append(time.process_time())
+        if record:
+            for phase, a, b in zip(PHASES, marks, marks[1:]):
+                times[phase].append(b - a)
+
+    for t in range(warmup):
+        step(t, False)
+    for t in range(steps):
+        step(warmup + t, True)
+    k = config["every"]
+    # operators per step: one window of k steps under the profiler, divided by k
+    from torch.profiler import ProfilerActivity, record_function
+    from torch.profiler import profile as torch_profile
+
+    counts: dict[str, int] = {}
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for t in range(k):
+            x, y = batches[t % 7]
+            with record_function("forward+backward"):
+                opt.zero_grad()
+                engine.track(True)
+                engine.backward(loss(x, y))
+            with record_function("advance"):
+                engine.advance()
+                engine.track(False)
+            with record_function("optimizer.step"):
+                with engine.scaled_learning_rates():
+                    opt.step()
+            with record_function("update"):
+                engine.update(lambda: nn.functional.cross_entropy(net(xv), yv))
+    events = prof.events()
+    for phase in PHASES:
+        spans = [(e.time_range.start, e.time_range.end) for e in events if e.name == phase]
+        calls = sum(
+            1
+            for e in events
+            if e.name.startswith("aten::")
+            and any(a <= e.time_range.start and e.time_range.end <= b for a, b in spans)
+        )
+        counts[phase] = round(calls / k)
+    return {
+        "seconds": {p: statistics.median(v) for p, v in times.items()},
+        "mean_seconds": {p: statistics.fmean(v) for p, v in times.items()},
+        "ops": counts,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks step-profile")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    print("| configuration | " + " | ".join(f"{p}: ms (ops)" for p in PHASES) + " |")
+    print("| --- |" + " ---: |" * len(PHASES))
+    for name, config in configurations().items():
+        r = profile(config, args.steps, args.warmup)
+        cells = [f"{1e3 * r['mean_seconds'][p]:.3f} ({r['ops'][p]})" for p in PHASES]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
