@@ -443,6 +443,10 @@ SCRIPTS: dict[str, tuple[str, str]] = {
         "benchmarks.studies.quadratic_methods",
         "how far from λ* each method ends on the paper's quadratic problem",
     ),
+    "step-profile": (
+        "benchmarks.studies.step_profile",
+        "the engine's phases per step outside Lightning: CPU ms and torch operator calls",
+    ),
     "quickstart-tensorboard": (
         "benchmarks.tools.quickstart_tensorboard",
         "the quickstart's TensorBoard figure, docs/img/quickstart_tensorboard.png",

@@ -8,7 +8,7 @@ Per configuration: the median CPU seconds per step of each phase over ``steps`` 
 per step (operators called by other operators included) — the count a fused step lowers
 whatever the machine's noise. One thread.
 
-    python -m benchmarks step-profile [--steps 200] [--hypers 1|4]
+    python -m benchmarks step-profile [--steps 200] [--warmup 20]
 """
 
 from __future__ import annotations
@@ -130,9 +130,8 @@ def profile(config: dict[str, Any], steps: int, warmup: int) -> dict[str, Any]:
             with record_function("advance"):
                 engine.advance()
                 engine.track(False)
-            with record_function("optimizer.step"):
-                with engine.scaled_learning_rates():
-                    opt.step()
+            with record_function("optimizer.step"), engine.scaled_learning_rates():
+                opt.step()
             with record_function("update"):
                 engine.update(lambda: nn.functional.cross_entropy(net(xv), yv))
     events = prof.events()
