@@ -286,7 +286,15 @@ class TangentEngine:
         grad = self.layout.flatten(p.grad for p in self.params) if rule.reads_grad(dots) else None
         theta = self.layout.flatten(self.params) if rule.needs_theta(dots) else None
         carried = state.tangent if self.method.uses_tangent else None  # first order: y = 0
-        new, delta, moments = rule.step(carried, drift, grad, theta, dots, self.settings.lr_scales)
+        new, delta, moments = rule.step(
+            carried,
+            drift,
+            grad,
+            theta,
+            dots,
+            self.settings.lr_scales,
+            grad_tangent_zero=not self.terms.in_gradient,
+        )
         if new is not None:
             (new,), norms, clipped = self.method.project([new], batch_dim=0)
             kept = self.guard.tangent_step(

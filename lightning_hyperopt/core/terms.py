@@ -107,6 +107,11 @@ class DriftTerms:
         self.finite_difference_rows = rows["finite_difference"]
         self._index = {id(p): i for i, p in enumerate(layout.params)}
         self._zeros: Tensor | None = None  # a drift buffer for steps without graph terms
+        #: whether some λ enters the training gradient (∂g_T/∂λ ≠ 0): False when every row is
+        #: an optimizer setting (weight decay, learning rate, momentum)
+        self.in_gradient = bool(
+            self.graph_rows or self.closed_form_rows or self.finite_difference_rows
+        )
 
     def complete(
         self,

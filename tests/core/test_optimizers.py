@@ -216,3 +216,58 @@ def test_unsupported_optimizer_is_named():
     w = nn.Parameter(torch.zeros(2))
     with pytest.raises(TypeError, match=r"torch.optim.SGD, torch.optim.Adam, .* got RMSprop"):
         TangentEngine(Exact(), {"l2": L2Penalty(0.1)}, torch.optim.RMSprop([w]))
+
+
+@pytest.mark.parametrize(
+    "make, kinds",
+    [
+        (adamw(weight_decay=0.02), ("lr", "wd")),
+        (adam(weight_decay=0.01), ("lr", "wd")),  # coupled: the decay enters ġ, no shortcut
+        (adamw(weight_decay=0.02), ("lr", "b1")),  # β₁ tuned: its own terms, no shortcut
+        (adamw(weight_decay=0.02), ("lr", "l2")),  # λ in the gradient, no shortcut
+    ],
+    ids=["adamw-lr-wd", "adam-coupled", "adamw-beta1", "adamw-l2"],
+)
+def test_first_order_direction_is_the_one_step_tangent(make, kinds):
+    """FirstOrder's δ (per unit learning rate, y₁ = −η δ from y = 0) equals the exact tangent
+    of one step from y = 0, after 12 steps; with optimizer settings only it skips the zero ġ's
+    derivatives (checked against the full computation the exact method makes)."""
+    from lightning_hyperopt.core import FirstOrder, LearningRate, Momentum
+
+    def build(method):
+        net = Net()
+        optimizer = make(list(net.parameters()))
+        hypers = {
+            "lr": LearningRate(init=1.3),
+            "wd": WeightDecay(init=0.02),
+            "b1": Momentum(init=0.9),
+            "l2": L2Penalty(0.01),
+        }
+        hypers = {k: hypers[k] for k in kinds}
+        engine = TangentEngine(method, hypers, optimizer, hyper_optimizer="paper")
+        return net, optimizer, engine, hypers
+
+    x, y = data()
+
+    def run(method, steps, last_step=None):
+        net, optimizer, engine, hypers = build(method)
+        for t in range(steps):
+            optimizer.zero_grad()
+            loss = ((net(x, t) - y) ** 2).mean()
+            if "l2" in hypers:
+                loss = loss + hypers["l2"](list(net.parameters()))
+            if t == steps - 1 and last_step is not None:
+                engine.state.tangent.zero_()  # y = 0 before the last step
+                engine.rule.reset()
+            engine.backward(loss)
+            engine.advance()
+            with engine.scaled_learning_rates():
+                optimizer.step()
+            engine.update(lambda t=t: ((net(x, t) - y) ** 2).mean())  # a step of 0: λ stays
+        return engine, optimizer
+
+    first, optimizer = run(FirstOrder(hyper_lr=0.0), 12)
+    exact, _ = run(Exact(hyper_lr_scale=0.0), 12, last_step=True)
+    eta = optimizer.param_groups[0]["lr"] * 1.3
+    torch.testing.assert_close(-eta * first.state.direction, exact.tangent, rtol=1e-12, atol=1e-15)
+    assert first.state.direction.abs().max() > 0

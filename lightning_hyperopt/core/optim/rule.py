@@ -138,6 +138,7 @@ class TangentRule:
         theta: Tensor | None,
         dots: SettingTangents,
         lr_scales: Mapping[int, float] | None = None,
+        grad_tangent_zero: bool = False,
     ) -> tuple[Tensor | None, Tensor, dict[str, Tensor | None]]:
         """y', δ and the new state tangents for the step about to run.
 
@@ -147,8 +148,10 @@ class TangentRule:
         :attr:`reads_grad`); ``theta`` is θ (N,) (read when :meth:`needs_theta`); ``dots[k]``
         the tangents of group k's settings; ``lr_scales[k]`` the scale of group k's learning
         rate (η = s·lr_t) where one is tuned. y' = y (1 − η wd_decoupled) − η δ: δ is the
-        step's own contribution per unit learning rate (first order's direction). Returns
-        new tensors; the inputs are not modified.
+        step's own contribution per unit learning rate (first order's direction).
+        ``grad_tangent_zero``: ġ is known to be 0 (first order tuning optimizer settings
+        only), so the stages may skip its derivatives. Returns new tensors; the inputs are
+        not modified.
         """
         if self.clipping is not None and grad is not None:
             grad_tangent, grad = self.clipping.apply(grad_tangent, grad)
@@ -170,6 +173,7 @@ class TangentRule:
                     for name, t in self.state.items()
                 },
                 None if lr_scales is None else lr_scales.get(k),
+                grad_tangent_zero and tangent is None,
             )
             y_new, delta, moments = self._group_step(s, pspan)
             if y_new is not None:

@@ -39,7 +39,9 @@ class GroupTangent:
     tangent ``y`` (m, N_k) or ``None`` for y = 0; ``gdot`` ġ (m, N_k); ``g`` (N_k,) where a stage
     reads it, else ``None``; ``theta`` (N_k,) where read; ``dots`` the tangents (m,) of the
     settings that depend on λ; ``carried`` the optimizer-state tangents (None: zero);
-    ``lr_scale`` s where a hyperparameter scales the group's learning rate (η = s·lr_t).
+    ``lr_scale`` s where a hyperparameter scales the group's learning rate (η = s·lr_t);
+    ``gdot_zero``: ġ is known to be 0 (first order with optimizer settings only), which lets a
+    stage skip computing derivatives of 0.
     Outputs, set by the stages: ``delta`` δ, ``state`` the new state tangents, ``y_new`` y',
     and ``value`` D, the update per unit learning rate, where a scaled learning rate needs it.
     """
@@ -56,8 +58,10 @@ class GroupTangent:
         dots: Mapping[str, Tensor],
         carried: Mapping[str, Tensor | None],
         lr_scale: float | None = None,
+        gdot_zero: bool = False,
     ) -> None:
         self.group, self.states, self.layout = group, states, layout
+        self.gdot_zero = gdot_zero
         self.lr = read_setting(group["lr"])
         self.lr_scale = lr_scale
         if lr_scale is not None:  # η = λ·lr_t, the learning rate torch will step with
@@ -90,11 +94,13 @@ def coupled_weight_decay(s: GroupTangent) -> None:
     if s.wd != 0.0:
         if s.y is not None:
             s.gdot = s.gdot + s.wd * s.y
+            s.gdot_zero = False
         if s.g is not None and s.theta is not None:
             s.g = s.g + s.wd * s.theta
     e = s.dots.get("weight_decay")
     if e is not None and s.theta is not None:
         s.gdot = s.gdot + e.unsqueeze(1) * s.theta
+        s.gdot_zero = False  # the decay's own term: ġ is not 0 any more
 
 
 def decoupled_weight_decay(s: GroupTangent) -> None:
