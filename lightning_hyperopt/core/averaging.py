@@ -32,7 +32,10 @@ class IterateAverage:
 
     Args:
         decay: β in [0, 1): a horizon of about 1/(1 − β) steps (β = 0: the current point).
-        rows, numel, dtype, device: the tangent's shape (m, N), dtype and device.
+        rows: m, the hyperparameters (the tangent's rows).
+        numel: N, the parameters' entries.
+        dtype: the parameters' dtype.
+        device: the parameters' device.
     """
 
     def __init__(
