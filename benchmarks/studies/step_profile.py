@@ -14,9 +14,10 @@ whatever the machine's noise. One thread.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -89,31 +90,34 @@ def profile(config: dict[str, Any], steps: int, warmup: int) -> dict[str, Any]:
         for _ in range(8)
     ]
     xv, yv = batches[-1]
+
+    def one_step(t: int, around: Callable[[str], Any]) -> None:
+        """Step t, each phase inside ``around(phase)``."""
+        x, y = batches[t % 7]
+        with around("forward+backward"):
+            opt.zero_grad()
+            engine.track(True)
+            engine.backward(loss(x, y))
+        with around("advance"):
+            engine.advance()
+            engine.track(False)
+        with around("optimizer.step"), engine.scaled_learning_rates():
+            opt.step()
+        with around("update"):
+            engine.update(lambda: nn.functional.cross_entropy(net(xv), yv))
+
     times: dict[str, list[float]] = {p: [] for p in PHASES}
 
-    def step(t: int, record: bool) -> None:
-        x, y = batches[t % 7]
-        marks = [time.process_time()]
-        opt.zero_grad()
-        engine.track(True)
-        engine.backward(loss(x, y))
-        marks.append(time.process_time())
-        engine.advance()
-        engine.track(False)
-        marks.append(time.process_time())
-        with engine.scaled_learning_rates():
-            opt.step()
-        marks.append(time.process_time())
-        engine.update(lambda: nn.functional.cross_entropy(net(xv), yv))
-        marks.append(time.process_time())
-        if record:
-            for phase, a, b in zip(PHASES, marks, marks[1:]):
-                times[phase].append(b - a)
+    @contextlib.contextmanager
+    def timed(phase: str) -> Iterator[None]:
+        start = time.process_time()
+        yield
+        times[phase].append(time.process_time() - start)
 
     for t in range(warmup):
-        step(t, False)
+        one_step(t, lambda phase: contextlib.nullcontext())
     for t in range(steps):
-        step(warmup + t, True)
+        one_step(warmup + t, timed)
     k = config["every"]
     # operators per step: one window of k steps under the profiler, divided by k
     from torch.profiler import ProfilerActivity, record_function
@@ -122,18 +126,7 @@ def profile(config: dict[str, Any], steps: int, warmup: int) -> dict[str, Any]:
     counts: dict[str, int] = {}
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         for t in range(k):
-            x, y = batches[t % 7]
-            with record_function("forward+backward"):
-                opt.zero_grad()
-                engine.track(True)
-                engine.backward(loss(x, y))
-            with record_function("advance"):
-                engine.advance()
-                engine.track(False)
-            with record_function("optimizer.step"), engine.scaled_learning_rates():
-                opt.step()
-            with record_function("update"):
-                engine.update(lambda: nn.functional.cross_entropy(net(xv), yv))
+            one_step(t, record_function)
     events = prof.events()
     for phase in PHASES:
         spans = [(e.time_range.start, e.time_range.end) for e in events if e.name == phase]

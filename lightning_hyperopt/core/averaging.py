@@ -58,22 +58,20 @@ class IterateAverage:
         self.tangent.lerp_(tangent.to(self.tangent.dtype), c)
         self.count += 1
 
-    def reset_rows(self, keep: Tensor) -> None:
-        """ȳ_j ← 0 where ``keep`` (m,) is false (y_j started again from 0)."""
-        self.tangent.mul_(keep.to(self.tangent.dtype).unsqueeze(1))
-
+    @staticmethod
     @contextlib.contextmanager
-    def swapped_in(self, params: Sequence[Tensor], views: Sequence[Tensor]) -> Iterator[None]:
+    def swapped_in(
+        params: Sequence[Tensor], views: Sequence[Tensor], saved: Sequence[Tensor]
+    ) -> Iterator[None]:
         """θ ← θ̄ inside the block (``views``: θ̄ cut into the parameters' shapes), and θ as it
-        was, bit for bit, after it."""
+        was, bit for bit, after it (``saved``: a copy of θ in the same shapes)."""
         with torch.no_grad():
-            saved = [p.detach().clone() for p in params]
             torch._foreach_copy_(list(params), list(views))
         try:
             yield
         finally:
             with torch.no_grad():
-                torch._foreach_copy_(list(params), saved)
+                torch._foreach_copy_(list(params), list(saved))
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -325,16 +325,19 @@ class TangentEngine:
         With a method's ``average=β`` every call first averages θ_{t+1} and y_{t+1} in, and g_V
         is taken at θ̄ (θ is swapped back, bit for bit): h_j = ⟨g_V(θ̄), ȳ_j⟩."""
         state, average = self.state, self.average
+        theta = None
         if average is not None:
             rows = state.tangent if self.method.uses_tangent else state.direction
-            theta = self.layout.flatten(self.params)
+            theta = self.layout.flatten(self.params)  # a copy: also what θ is restored from
             average.observe(theta, state.tangent if rows is None else rows)
         if not self.should_update():
             return False
         at_average = (
             contextlib.nullcontext()
-            if average is None
-            else average.swapped_in(self.params, self.layout.split(average.theta))
+            if theta is None  # no average
+            else average.swapped_in(
+                self.params, self.layout.split(average.theta), self.layout.split(theta)
+            )
         )
         with at_average:
             with not_recorded():
@@ -351,11 +354,12 @@ class TangentEngine:
         with torch.no_grad():
             values = torch.stack([h.value for h in self.hypers])
             new, rows = self.hyper_update.move(values, hypergradient, state.lr, state.step_ok)
-            if average is not None:  # a y_j that starts again from 0: so does its average
-                average.reset_rows(torch.isfinite(new) & rows | ~state.step_ok)
-            new, state.tangent = self.guard.lambda_step(
-                values, new, rows, state.step_ok, state.tangent
-            )
+            # a y_j that starts again from 0: so does its average ȳ_j
+            tangents = [state.tangent] + ([] if average is None else [average.tangent])
+            new, tangents = self.guard.lambda_step(values, new, rows, state.step_ok, tangents)
+            state.tangent = tangents[0]
+            if average is not None:
+                average.tangent = tangents[1]
             torch._foreach_copy_([hp.value for hp in self.hypers], list(new.unbind()))
         state.updates += 1
         self.write_to_optimizer()

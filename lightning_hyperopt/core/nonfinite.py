@@ -12,6 +12,8 @@ device, so that nothing is read back to the host per step.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -114,14 +116,21 @@ class FiniteGuard:
         return self.select(step_ok.expand(delta.shape[0]), step_ok, delta, None)
 
     def lambda_step(
-        self, values: Tensor, new: Tensor, rows: Tensor, step_ok: Tensor, tangent: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """(λ, y) after a hyper step: λ_j moves where ``rows`` and the new λ_j is finite;
-        where a good step gave a non-finite hypergradient, y_j starts again from 0."""
+        self,
+        values: Tensor,
+        new: Tensor,
+        rows: Tensor,
+        step_ok: Tensor,
+        tangents: Sequence[Tensor],
+    ) -> tuple[Tensor, list[Tensor]]:
+        """(λ, the tangents) after a hyper step: λ_j moves where ``rows`` and the new λ_j is
+        finite; where a good step gave a non-finite hypergradient, row j of every tangent (y,
+        and ȳ of an averaged iterate) starts again from 0."""
+        tangents = list(tangents)
         good = torch.isfinite(new) & rows  # not: a non-finite h, or an overflowing step
         if self.sync_free or not bool(good.all()):
             new = torch.where(good, new, values)
             bad = ~good & step_ok
-            tangent = self.select(~bad, step_ok, tangent, tangent)
+            tangents = [self.select(~bad, step_ok, t, t) for t in tangents]
             self.counts.add_rows(bad)
-        return new, tangent
+        return new, tangents

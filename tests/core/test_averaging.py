@@ -213,3 +213,25 @@ def test_a_checkpoint_of_another_model_is_refused():
     other = IterateAverage(0.9, 2, 7, f64, torch.device("cpu")).state_dict()
     with pytest.raises(ValueError, match="averaged iterate"):
         avg.load_state_dict(other)
+
+
+def test_a_non_finite_hypergradient_restarts_y_and_its_average():
+    """A NaN validation loss after a good step: λ stays, y_j and ȳ_j start again from 0 and
+    the row is counted; the averaged iterate θ̄ keeps its history."""
+    x, y, xv, yv = data()
+    net = Net()
+    opt = torch.optim.SGD(net.body.parameters(), lr=0.1)
+    engine = TangentEngine(Clip(5.0, average=0.9), {"wd": WeightDecay(init=0.1)}, opt)
+    for t in range(6):
+        opt.zero_grad()
+        engine.backward(((net.body(x) - y) ** 2).mean())
+        engine.advance()
+        opt.step()
+        nan = t == 5
+        before = engine.values().clone()
+        engine.update(lambda nan=nan: validation_loss(net, xv, yv) * (float("nan") if nan else 1))
+        if not nan:
+            assert (engine.average.tangent != 0).any()
+    assert torch.equal(engine.values(), before)
+    assert not engine.tangent.any() and not engine.average.tangent.any()
+    assert engine.average.theta.abs().sum() > 0 and engine.nonfinite == [1]

@@ -41,7 +41,7 @@ def test_lambda_stays_where_its_update_is_not_finite(guard):
     values = torch.tensor([0.1, 0.2], dtype=torch.float64)
     new = torch.tensor([0.15, float("inf")], dtype=torch.float64)
     tangent = torch.ones(2, 3)
-    lam, y = guard.lambda_step(values, new, torch.tensor([True, True]), T, tangent)
+    lam, (y,) = guard.lambda_step(values, new, torch.tensor([True, True]), T, [tangent])
     assert lam.tolist() == [0.15, 0.2] and y.tolist() == [[1.0] * 3, [0.0] * 3]
     assert guard.counts.per_row() == [0, 1]
 

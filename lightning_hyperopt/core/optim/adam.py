@@ -37,13 +37,13 @@ def adam_direction_stage(s: GroupTangent) -> None:
         for name, on in zip(MOMENTS, used)
     )
     steps, eps = _step_counts(s), read_setting(s.group["eps"])
+    if s.wants_value:
+        value = adam_direction(s.g, moments, steps, beta1, beta2, eps)  # type: ignore[arg-type]
+        s.value = value.to(s.gdot.dtype) if value.dtype != s.gdot.dtype else value
     zero = s.gdot_zero and "beta1" not in s.dots and "beta2" not in s.dots
     if zero and all(t is None for t in s.carried.values()):
         # ġ = 0 with zero moment tangents and no β tuned: ḋ = 0 and the moments' tangents
         # stay 0 (first order on optimizer settings: the direction is D's and θ's terms only)
-        if s.wants_value:
-            value = adam_direction(s.g, moments, steps, beta1, beta2, eps)  # type: ignore[arg-type]
-            s.value = value.to(s.gdot.dtype) if value.dtype != s.gdot.dtype else value
         s.delta = s.gdot
         s.state = dict.fromkeys(s.carried)
         return
@@ -64,9 +64,6 @@ def adam_direction_stage(s: GroupTangent) -> None:
         beta1_dot=s.dots.get("beta1"),
         beta2_dot=s.dots.get("beta2"),
     )
-    if s.wants_value:
-        value = adam_direction(s.g, moments, steps, beta1, beta2, eps)  # type: ignore[arg-type]
-        s.value = value.to(s.gdot.dtype) if value.dtype != s.gdot.dtype else value
     if direction.dtype != s.gdot.dtype:  # per-entry float64 bias corrections
         direction = direction.to(s.gdot.dtype)
     s.delta = direction
