@@ -6,7 +6,8 @@ result, is measured).
 Per configuration: the median CPU seconds per step of each phase over ``steps`` steps (after
 ``warmup``), and under ``torch.profiler`` the number of torch operator calls each phase makes
 per step (operators called by other operators included) — the count a fused step lowers
-whatever the machine's noise. One thread.
+whatever the machine's noise; and the λ step alone (what ``update`` does after g_V), timed over
+2,000 calls. One thread.
 
     python -m benchmarks step-profile [--steps 200] [--warmup 20]
 """
@@ -144,6 +145,38 @@ def profile(config: dict[str, Any], steps: int, warmup: int) -> dict[str, Any]:
     }
 
 
+def lambda_step_cost(config: dict[str, Any], repeats: int = 2000) -> tuple[float, int]:
+    """The λ step alone, everything :meth:`TangentEngine.update` does after g_V (the hyper
+    step in its spaces and bounds, the non-finite guard, the write-back), on a fixed
+    hypergradient: (CPU seconds per call, torch operator calls per call)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    _, _, engine, _ = _setup(config)
+    state = engine.state
+    hypergradient = torch.full((len(engine.hypers),), 1e-3, dtype=torch.float64)
+
+    def step() -> None:
+        with torch.no_grad():
+            values = torch.stack([h.value for h in engine.hypers])
+            new, rows = engine.hyper_update.move(values, hypergradient, state.lr, state.step_ok)
+            new, (state.tangent,) = engine.guard.lambda_step(
+                values, new, rows, state.step_ok, [state.tangent]
+            )
+            torch._foreach_copy_([h.value for h in engine.hypers], list(new.unbind()))
+        engine.write_to_optimizer()
+
+    for _ in range(20):
+        step()
+    start = time.process_time()
+    for _ in range(repeats):
+        step()
+    seconds = (time.process_time() - start) / repeats
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return seconds, sum(1 for e in prof.events() if e.name.startswith("aten::"))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks step-profile")
     parser.add_argument("--steps", type=int, default=200)
@@ -156,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         r = profile(config, args.steps, args.warmup)
         cells = [f"{1e3 * r['mean_seconds'][p]:.3f} ({r['ops'][p]})" for p in PHASES]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    seconds, ops = lambda_step_cost(configurations()["FirstOrder, 4 L2, k=1"])
+    print(f"\nthe λ step after g_V, 4 L2 rows: {1e6 * seconds:.0f} µs, {ops} operator calls")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """bench step-profile: the engine's phases per step, timed and counted in torch operators."""
 
-from benchmarks.studies.step_profile import configurations, profile
+from benchmarks.studies.step_profile import configurations, lambda_step_cost, profile
 
 
 def test_the_phases_are_timed_and_counted():
@@ -13,3 +13,10 @@ def test_the_phases_are_timed_and_counted():
         assert all(v > 0 for v in result["ops"].values())
         assert all(v >= 0 for v in result["seconds"].values())
     assert every4["ops"]["update"] < every1["ops"]["update"] / 2
+
+
+def test_the_lambda_step_alone_is_timed_and_counted():
+    """The λ step after g_V does work, and less than the whole update phase of a step."""
+    config = configurations()["FirstOrder, 4 L2, k=1"]
+    seconds, ops = lambda_step_cost(config, repeats=5)
+    assert seconds > 0 and 0 < ops < profile(config, steps=2, warmup=2)["ops"]["update"]
